@@ -1,0 +1,92 @@
+"""The dispatch protocol that connects registry ops to the values they run on.
+
+A value class takes part by defining three class-level members:
+
+- ``__ember_priority__``: an int; when an op's inputs mix classes, the class with the
+  highest priority handles the call (tracing proxies outrank eager tensors, so a
+  captured eager tensor becomes a constant of the trace);
+- ``__ember_call__(op, inputs, attrs)``: run or record the op and return the result;
+- ``__ember_constant__(value, dtype)``: turn a Python scalar operand into a value of
+  that class.
+
+The runtime never imports the compiler: both only import this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ember.errors import DTypeError
+from ember.ir import dtypes
+from ember.ir.registry import Attrs, OpDef, get_op
+
+
+def is_scalar(value: Any) -> bool:
+    """True for Python (and numpy) numbers, which ops may take in place of tensors."""
+    return isinstance(value, (int, float, bool)) or (
+        hasattr(value, "dtype") and not hasattr(value, "__ember_priority__")
+        and getattr(value, "ndim", 1) == 0
+    )
+
+
+def handler_of(inputs: Sequence[Any]) -> Any:
+    """The value class with the highest priority among ``inputs``, or None."""
+    best = None
+    best_priority = -1
+    for value in inputs:
+        priority = getattr(type(value), "__ember_priority__", -1)
+        if priority > best_priority:
+            best, best_priority = type(value), priority
+    return best
+
+
+def scalar_dtype(op: OpDef, inputs: Sequence[Any]) -> dtypes.DType:
+    """The dtype a Python scalar operand takes: the op's promoted result type."""
+    tensors, zero_dim, scalars = [], [], []
+    for value in inputs[op.promote_from :]:
+        if hasattr(type(value), "__ember_priority__"):
+            meta = value.meta
+            (tensors if meta.shape else zero_dim).append((meta.dtype, meta.ndim))
+        else:
+            scalars.append(value)
+    return dtypes.result_type(tensors, zero_dim, scalars)
+
+
+def call(name: str | OpDef, inputs: Sequence[Any], attrs: Attrs | None = None) -> Any:
+    """Run registry op ``name`` on ``inputs`` through the handler that owns them."""
+    op = name if isinstance(name, OpDef) else get_op(name)
+    handler = handler_of(inputs)
+    if handler is None:
+        raise DTypeError(
+            f"{op.name}: expected at least one tensor operand, got "
+            f"{', '.join(type(v).__name__ for v in inputs) or 'none'}",
+            op=op.name,
+            hint="wrap the value with ember.tensor(...)",
+        )
+    if any(not hasattr(type(v), "__ember_priority__") for v in inputs):
+        inputs = _materialize_scalars(op, handler, inputs)
+    return handler.__ember_call__(op, tuple(inputs), attrs or {})
+
+
+def _materialize_scalars(op: OpDef, handler: Any, inputs: Sequence[Any]) -> list[Any]:
+    for value in inputs:
+        if not hasattr(type(value), "__ember_priority__") and not is_scalar(value):
+            raise DTypeError(
+                f"{op.name}: expected a tensor or a Python number, got "
+                f"{type(value).__name__}",
+                op=op.name,
+                actual=repr(value)[:80],
+                hint="convert it with ember.tensor(...) or ember.from_numpy(...)",
+            )
+    if not op.accepts_scalars:
+        raise DTypeError(
+            f"{op.name}: every operand must be a tensor, got a Python number",
+            op=op.name,
+            hint="wrap the number with ember.tensor(...)",
+        )
+    dtype = scalar_dtype(op, inputs)
+    return [
+        v if hasattr(type(v), "__ember_priority__") else handler.__ember_constant__(v, dtype)
+        for v in inputs
+    ]

@@ -1,0 +1,166 @@
+"""Reductions over one or several dims, with ``keepdim``.
+
+Attributes: ``dims`` (a tuple of normalized dims; every dim when all are reduced),
+``keepdim`` (bool). ``argmax``/``argmin`` take ``dim`` (an int, or None for the
+flattened tensor). ``mean`` and ``var`` are composites that decompose into ``sum``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ember.errors import DTypeError, ShapeError
+from ember.ir import dtypes
+from ember.ir.layout import normalize_dim, normalize_dims
+from ember.ir.meta import TensorMeta
+from ember.ir.registry import Attrs, OpDef, OpKind, register
+
+
+def reduced_shape(
+    shape: Sequence[int], dims: Sequence[int], keepdim: bool
+) -> tuple[int, ...]:
+    """The shape left after reducing ``dims`` (kept as size 1 with ``keepdim``)."""
+    if keepdim:
+        return tuple(1 if i in dims else s for i, s in enumerate(shape))
+    return tuple(s for i, s in enumerate(shape) if i not in dims)
+
+
+def _dims(meta: TensorMeta, attrs: Attrs, op: str) -> tuple[int, ...]:
+    return normalize_dims(attrs.get("dims"), meta.ndim, op)
+
+
+def _require_float(meta: TensorMeta, op: str) -> None:
+    if not meta.dtype.is_floating_point:
+        raise DTypeError(
+            f"{op}: needs a floating-point tensor, got {meta.dtype.name}",
+            op=op,
+            expected="float32 or float64",
+            actual=meta.dtype.name,
+            hint="convert with .float() first",
+        )
+
+
+def _require_nonempty(meta: TensorMeta, dims: Sequence[int], op: str) -> None:
+    if any(meta.shape[d] == 0 for d in dims) or (not dims and meta.numel == 0):
+        raise ShapeError(
+            f"{op}: cannot reduce an empty dimension of shape {meta.shape} "
+            "(the result has no identity)",
+            op=op,
+            actual=meta.shape,
+            hint="check the input is not empty, or use sum, which returns 0",
+        )
+
+
+def _sum_meta(metas: Sequence[TensorMeta], attrs: Attrs) -> TensorMeta:
+    (x,) = metas
+    dims = _dims(x, attrs, "sum")
+    dtype = x.dtype if x.dtype.is_floating_point else dtypes.int64
+    return TensorMeta.contiguous(reduced_shape(x.shape, dims, attrs["keepdim"]), dtype)
+
+
+def _sum_reference(arrays: Sequence[np.ndarray], attrs: Attrs) -> np.ndarray:
+    (x,) = arrays
+    out = x.dtype if x.dtype.kind == "f" else np.int64
+    return np.asarray(
+        np.sum(x, axis=attrs["dims"], keepdims=attrs["keepdim"], dtype=out)
+    )
+
+
+def _extreme_meta(op: str):
+    def meta(metas: Sequence[TensorMeta], attrs: Attrs) -> TensorMeta:
+        (x,) = metas
+        dims = _dims(x, attrs, op)
+        _require_nonempty(x, dims, op)
+        return TensorMeta.contiguous(reduced_shape(x.shape, dims, attrs["keepdim"]), x.dtype)
+
+    return meta
+
+
+def _extreme_reference(fn):
+    def reference(arrays: Sequence[np.ndarray], attrs: Attrs) -> np.ndarray:
+        return np.asarray(fn(arrays[0], axis=attrs["dims"], keepdims=attrs["keepdim"]))
+
+    return reference
+
+
+def _arg_meta(op: str):
+    def meta(metas: Sequence[TensorMeta], attrs: Attrs) -> TensorMeta:
+        (x,) = metas
+        if x.dtype is dtypes.bool_:
+            raise DTypeError(f"{op}: bool tensors are not supported", op=op,
+                             hint="convert with .int() first")
+        dim = attrs.get("dim")
+        if dim is None:
+            _require_nonempty(x, (), op)
+            shape = (1,) * x.ndim if attrs["keepdim"] else ()
+        else:
+            dim = normalize_dim(dim, x.ndim, op)
+            _require_nonempty(x, (dim,) if x.ndim else (), op)
+            shape = reduced_shape(x.shape, (dim,) if x.ndim else (), attrs["keepdim"])
+        return TensorMeta.contiguous(shape, dtypes.int64)
+
+    return meta
+
+
+def _arg_reference(fn):
+    def reference(arrays: Sequence[np.ndarray], attrs: Attrs) -> np.ndarray:
+        (x,) = arrays
+        dim = attrs.get("dim")
+        if dim is None or x.ndim == 0:
+            index = fn(x.reshape(-1))
+            shape = (1,) * x.ndim if attrs["keepdim"] else ()
+            return np.full(shape, index, dtype=np.int64)
+        return np.asarray(fn(x, axis=dim, keepdims=attrs["keepdim"]), dtype=np.int64)
+
+    return reference
+
+
+def _mean_meta(metas: Sequence[TensorMeta], attrs: Attrs) -> TensorMeta:
+    (x,) = metas
+    _require_float(x, "mean")
+    dims = _dims(x, attrs, "mean")
+    return TensorMeta.contiguous(reduced_shape(x.shape, dims, attrs["keepdim"]), x.dtype)
+
+
+def _mean_reference(arrays: Sequence[np.ndarray], attrs: Attrs) -> np.ndarray:
+    (x,) = arrays
+    with np.errstate(all="ignore"):
+        return np.asarray(np.mean(x, axis=attrs["dims"], keepdims=attrs["keepdim"]))
+
+
+def _var_meta(metas: Sequence[TensorMeta], attrs: Attrs) -> TensorMeta:
+    (x,) = metas
+    _require_float(x, "var")
+    dims = _dims(x, attrs, "var")
+    correction = attrs.get("correction", 1)
+    if not isinstance(correction, int) or correction < 0:
+        raise ShapeError(f"var: correction must be a non-negative int, got {correction!r}",
+                         op="var")
+    return TensorMeta.contiguous(reduced_shape(x.shape, dims, attrs["keepdim"]), x.dtype)
+
+
+def _var_reference(arrays: Sequence[np.ndarray], attrs: Attrs) -> np.ndarray:
+    (x,) = arrays
+    with np.errstate(all="ignore"):
+        return np.asarray(
+            np.var(x, axis=attrs["dims"], keepdims=attrs["keepdim"],
+                   ddof=attrs.get("correction", 1))
+        ).astype(x.dtype, copy=False)
+
+
+register(OpDef("sum", OpKind.REDUCTION, _sum_meta, _sum_reference, num_inputs=1,
+               doc="sum over dims (ints and bools sum to int64)"))
+register(OpDef("amax", OpKind.REDUCTION, _extreme_meta("amax"), _extreme_reference(np.max),
+               num_inputs=1, doc="maximum over dims"))
+register(OpDef("amin", OpKind.REDUCTION, _extreme_meta("amin"), _extreme_reference(np.min),
+               num_inputs=1, doc="minimum over dims"))
+register(OpDef("argmax", OpKind.REDUCTION, _arg_meta("argmax"), _arg_reference(np.argmax),
+               num_inputs=1, differentiable=False, doc="index of the first maximum"))
+register(OpDef("argmin", OpKind.REDUCTION, _arg_meta("argmin"), _arg_reference(np.argmin),
+               num_inputs=1, differentiable=False, doc="index of the first minimum"))
+register(OpDef("mean", OpKind.COMPOSITE, _mean_meta, _mean_reference, num_inputs=1,
+               doc="arithmetic mean over dims (floating point only)"))
+register(OpDef("var", OpKind.COMPOSITE, _var_meta, _var_reference, num_inputs=1,
+               doc="variance over dims with Bessel's correction by default"))
