@@ -19,14 +19,15 @@ def main() -> None:
 
     w = ember.randn(4, 1, requires_grad=True)
     b = ember.zeros(1, requires_grad=True)
-    target = x.sum(1, keepdim=True)
+    features = x / 10.0
+    target = features.sum(1, keepdim=True)
     for step in range(200):
-        loss = ((x @ w + b - target) ** 2).mean()
+        loss = ((features @ w + b - target) ** 2).mean()
         w.grad = b.grad = None
         loss.backward()
         with ember.no_grad():
-            w.sub_(w.grad * 0.01)
-            b.sub_(b.grad * 0.01)
+            w.sub_(w.grad * 0.1)
+            b.sub_(b.grad * 0.1)
         if step % 50 == 0:
             print(f"step {step:3d} loss {loss.item():.6f}")
     print("learned w:", [round(v, 3) for v in w.view(-1).tolist()], "b:",
