@@ -43,7 +43,9 @@ def handler_of(inputs: Sequence[Any]) -> Any:
 
 def scalar_dtype(op: OpDef, inputs: Sequence[Any]) -> dtypes.DType:
     """The dtype a Python scalar operand takes: the op's promoted result type."""
-    tensors, zero_dim, scalars = [], [], []
+    tensors: list[tuple[dtypes.DType, int]] = []
+    zero_dim: list[tuple[dtypes.DType, int]] = []
+    scalars: list[Any] = []
     for value in inputs[op.promote_from :]:
         if hasattr(type(value), "__ember_priority__"):
             meta = value.meta

@@ -14,7 +14,7 @@ rules and the compiler's layout validation all cite.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from ember.errors import IndexingError, ShapeError
 
@@ -22,7 +22,7 @@ Shape = tuple[int, ...]
 Strides = tuple[int, ...]
 
 
-def numel(shape: Sequence[int]) -> int:
+def numel(shape: Iterable[int]) -> int:
     """The number of elements of a shape (1 for a 0-d shape)."""
     count = 1
     for size in shape:

@@ -17,6 +17,7 @@ writes a fresh dense tensor. The layout rules are in ``docs/layout.md``.
 
 from __future__ import annotations
 
+import builtins
 from collections import namedtuple
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -54,7 +55,7 @@ class Storage:
         self.version = 0
 
     @property
-    def size(self) -> int:
+    def size(self) -> builtins.int:
         return int(self.data.shape[0])
 
 
@@ -65,6 +66,14 @@ class Tensor:
     __slots__ = ("_storage", "_meta", "_array", "requires_grad", "grad", "grad_fn",
                  "_retains_grad", "__weakref__")
     __hash__ = object.__hash__
+
+    _storage: Storage
+    _meta: TensorMeta
+    _array: np.ndarray | None
+    requires_grad: builtins.bool
+    grad: Tensor | None
+    grad_fn: Any
+    _retains_grad: builtins.bool
 
     # Construction -------------------------------------------------------------------
 
@@ -123,49 +132,49 @@ class Tensor:
         return self._meta.strides
 
     @property
-    def ndim(self) -> int:
+    def ndim(self) -> builtins.int:
         return len(self._meta.shape)
 
-    def dim(self) -> int:
+    def dim(self) -> builtins.int:
         return len(self._meta.shape)
 
-    def size(self, dim: int | None = None) -> Any:
+    def size(self, dim: builtins.int | None = None) -> Any:
         if dim is None:
             return self._meta.shape
         return self._meta.shape[layout.normalize_dim(dim, self.ndim, "size")]
 
-    def stride(self, dim: int | None = None) -> Any:
+    def stride(self, dim: builtins.int | None = None) -> Any:
         if dim is None:
             return self._meta.strides
         return self._meta.strides[layout.normalize_dim(dim, self.ndim, "stride")]
 
-    def numel(self) -> int:
+    def numel(self) -> builtins.int:
         return self._meta.numel
 
-    def storage_offset(self) -> int:
+    def storage_offset(self) -> builtins.int:
         return self._meta.offset
 
-    def is_contiguous(self) -> bool:
+    def is_contiguous(self) -> builtins.bool:
         return self._meta.is_contiguous()
 
-    def data_ptr(self) -> int:
+    def data_ptr(self) -> builtins.int:
         """Address of this tensor's first element: equal for aliasing views."""
         base = self._storage.data.__array_interface__["data"][0]
         return base + self._meta.offset * self.dtype.itemsize
 
-    def untyped_storage_id(self) -> int:
+    def untyped_storage_id(self) -> builtins.int:
         """An identity of the storage; views of one tensor share it."""
         return id(self._storage)
 
     @property
-    def is_leaf(self) -> bool:
+    def is_leaf(self) -> builtins.bool:
         return self.grad_fn is None
 
     @property
-    def is_floating_point(self) -> bool:
+    def is_floating_point(self) -> builtins.bool:
         return self.dtype.is_floating_point
 
-    def __len__(self) -> int:
+    def __len__(self) -> builtins.int:
         if not self.shape:
             raise TypeError("len() of a 0-d tensor")
         return self.shape[0]
@@ -207,18 +216,18 @@ class Tensor:
         array = self.numpy()
         return array if dtype is None else array.astype(dtype)
 
-    def __float__(self) -> float:
+    def __float__(self) -> builtins.float:
         return float(self.item())
 
-    def __int__(self) -> int:
+    def __int__(self) -> builtins.int:
         return int(self.item())
 
-    def __index__(self) -> int:
+    def __index__(self) -> builtins.int:
         if self.dtype.category != dtypes.INTEGER:
             raise DTypeError("only integer tensors can be used as an index", op="index")
         return int(self.item())
 
-    def __bool__(self) -> bool:
+    def __bool__(self) -> builtins.bool:
         if self.numel() != 1:
             raise ShapeError(
                 f"the truth value of a tensor with {self.numel()} elements is ambiguous",
@@ -285,7 +294,7 @@ class Tensor:
     def permute(self, *dims: Any) -> Tensor:
         return F.permute(self, *dims)
 
-    def transpose(self, dim0: int, dim1: int) -> Tensor:
+    def transpose(self, dim0: builtins.int, dim1: builtins.int) -> Tensor:
         return F.transpose(self, dim0, dim1)
 
     @property
@@ -305,22 +314,22 @@ class Tensor:
     def expand_as(self, other: Tensor) -> Tensor:
         return F.expand(self, other.shape)
 
-    def broadcast_to(self, shape: Sequence[int]) -> Tensor:
+    def broadcast_to(self, shape: Sequence[builtins.int]) -> Tensor:
         return F.broadcast_to(self, shape)
 
     def squeeze(self, dim: Any = None) -> Tensor:
         return F.squeeze(self, dim)
 
-    def unsqueeze(self, dim: int) -> Tensor:
+    def unsqueeze(self, dim: builtins.int) -> Tensor:
         return F.unsqueeze(self, dim)
 
-    def flatten(self, start_dim: int = 0, end_dim: int = -1) -> Tensor:
+    def flatten(self, start_dim: builtins.int = 0, end_dim: builtins.int = -1) -> Tensor:
         return F.flatten(self, start_dim, end_dim)
 
-    def narrow(self, dim: int, start: int, length: int) -> Tensor:
+    def narrow(self, dim: builtins.int, start: builtins.int, length: builtins.int) -> Tensor:
         return F.narrow(self, dim, start, length)
 
-    def select(self, dim: int, index: int) -> Tensor:
+    def select(self, dim: builtins.int, index: builtins.int) -> Tensor:
         return F.select(self, dim, index)
 
     def __getitem__(self, index: Any) -> Tensor:
@@ -335,22 +344,24 @@ class Tensor:
 
     # Reductions ---------------------------------------------------------------------
 
-    def sum(self, dim: Any = None, keepdim: bool = False) -> Tensor:
+    def sum(self, dim: Any = None, keepdim: builtins.bool = False) -> Tensor:
         return F.sum(self, dim, keepdim)
 
-    def mean(self, dim: Any = None, keepdim: bool = False) -> Tensor:
+    def mean(self, dim: Any = None, keepdim: builtins.bool = False) -> Tensor:
         return F.mean(self, dim, keepdim)
 
-    def var(self, dim: Any = None, *, correction: int = 1, keepdim: bool = False) -> Tensor:
+    def var(self, dim: Any = None, *, correction: builtins.int = 1,
+        keepdim: builtins.bool = False,
+    ) -> Tensor:
         return F.var(self, dim, correction=correction, keepdim=keepdim)
 
-    def amax(self, dim: Any = None, keepdim: bool = False) -> Tensor:
+    def amax(self, dim: Any = None, keepdim: builtins.bool = False) -> Tensor:
         return F.amax(self, dim, keepdim)
 
-    def amin(self, dim: Any = None, keepdim: bool = False) -> Tensor:
+    def amin(self, dim: Any = None, keepdim: builtins.bool = False) -> Tensor:
         return F.amin(self, dim, keepdim)
 
-    def max(self, dim: Any = None, keepdim: bool = False) -> Any:
+    def max(self, dim: Any = None, keepdim: builtins.bool = False) -> Any:
         """``max()`` of all elements, ``max(dim)`` as (values, indices), or
         ``max(other)`` elementwise, as in PyTorch."""
         if isinstance(dim, Tensor):
@@ -359,7 +370,7 @@ class Tensor:
             return F.amax(self)
         return MaxResult(F.amax(self, dim, keepdim), F.argmax(self, dim, keepdim))
 
-    def min(self, dim: Any = None, keepdim: bool = False) -> Any:
+    def min(self, dim: Any = None, keepdim: builtins.bool = False) -> Any:
         """``min()``, ``min(dim)`` as (values, indices), or ``min(other)``."""
         if isinstance(dim, Tensor):
             return F.minimum(self, dim)
@@ -367,16 +378,16 @@ class Tensor:
             return F.amin(self)
         return MaxResult(F.amin(self, dim, keepdim), F.argmin(self, dim, keepdim))
 
-    def argmax(self, dim: int | None = None, keepdim: bool = False) -> Tensor:
+    def argmax(self, dim: builtins.int | None = None, keepdim: builtins.bool = False) -> Tensor:
         return F.argmax(self, dim, keepdim)
 
-    def argmin(self, dim: int | None = None, keepdim: bool = False) -> Tensor:
+    def argmin(self, dim: builtins.int | None = None, keepdim: builtins.bool = False) -> Tensor:
         return F.argmin(self, dim, keepdim)
 
-    def softmax(self, dim: int) -> Tensor:
+    def softmax(self, dim: builtins.int) -> Tensor:
         return F.softmax(self, dim)
 
-    def log_softmax(self, dim: int) -> Tensor:
+    def log_softmax(self, dim: builtins.int) -> Tensor:
         return F.log_softmax(self, dim)
 
     # Pointwise ----------------------------------------------------------------------
@@ -540,10 +551,10 @@ class Tensor:
     def zero_(self) -> Tensor:
         return self.fill_(0)
 
-    def add_(self, other: Any, alpha: float = 1) -> Tensor:
+    def add_(self, other: Any, alpha: builtins.float = 1) -> Tensor:
         return self._write(F.add(self, other if alpha == 1 else F.mul(other, alpha)), "add_")
 
-    def sub_(self, other: Any, alpha: float = 1) -> Tensor:
+    def sub_(self, other: Any, alpha: builtins.float = 1) -> Tensor:
         return self._write(F.sub(self, other if alpha == 1 else F.mul(other, alpha)), "sub_")
 
     def mul_(self, other: Any) -> Tensor:
@@ -565,7 +576,7 @@ class Tensor:
 
     # Autograd -----------------------------------------------------------------------
 
-    def requires_grad_(self, requires_grad: bool = True) -> Tensor:
+    def requires_grad_(self, requires_grad: builtins.bool = True) -> Tensor:
         from ember.runtime import autograd
 
         autograd.set_requires_grad(self, requires_grad)
@@ -580,7 +591,7 @@ class Tensor:
         self._retains_grad = True
 
     def backward(
-        self, gradient: Tensor | None = None, retain_graph: bool = False
+        self, gradient: Tensor | None = None, retain_graph: builtins.bool = False
     ) -> None:
         """Accumulate d(self)/d(leaf) into every leaf's ``.grad``."""
         from ember.runtime import autograd
