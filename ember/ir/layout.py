@@ -150,6 +150,9 @@ def _fill_unit_strides(shape: Sequence[int], strides: Strides) -> Strides:
 
 def broadcast_shapes(*shapes: Sequence[int], op: str = "broadcast") -> Shape:
     """NumPy/PyTorch broadcasting of several shapes, or a ShapeError naming them."""
+    first = shapes[0] if shapes else ()
+    if all(s == first for s in shapes):
+        return tuple(first)
     ndim = max((len(s) for s in shapes), default=0)
     result = [1] * ndim
     for shape in shapes:

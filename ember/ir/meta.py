@@ -12,6 +12,7 @@ on every value; eager tensors expose theirs as ``Tensor.meta``.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from ember.ir import layout
@@ -33,8 +34,7 @@ class TensorMeta:
     @staticmethod
     def contiguous(shape: Shape, dtype: DType) -> TensorMeta:
         """A dense row-major meta for ``shape``."""
-        shape = tuple(shape)
-        return TensorMeta(shape, dtype, layout.contiguous_strides(shape), 0)
+        return _contiguous(tuple(shape), dtype)
 
     @property
     def ndim(self) -> int:
@@ -66,3 +66,9 @@ class TensorMeta:
         if self.offset:
             text += f" offset={self.offset}"
         return text
+
+
+@functools.lru_cache(maxsize=4096)
+def _contiguous(shape: Shape, dtype: DType) -> TensorMeta:
+    # Metas are immutable, so eager ops can share one per (shape, dtype).
+    return TensorMeta(shape, dtype, layout.contiguous_strides(shape), 0)

@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 def execute(op: OpDef, inputs: Sequence[Tensor], attrs: Attrs) -> Tensor:
     """Run ``op`` eagerly and record it for autograd when needed."""
-    from ember.runtime import autograd
+    from ember.runtime import autograd  # the runtime modules import each other
     from ember.runtime.tensor import Tensor
 
     out_meta = op.meta([t._meta for t in inputs], attrs)

@@ -96,8 +96,14 @@ class Tensor:
         if meta is None:
             meta = TensorMeta.contiguous(array.shape, dtypes.from_numpy_dtype(array.dtype))
         assert array.shape == meta.shape and array.flags.c_contiguous
-        t = cls._make(Storage(array.reshape(-1)), meta)
+        t = object.__new__(cls)
+        t._storage = Storage(array.reshape(-1))
+        t._meta = meta
         t._array = array
+        t.requires_grad = False
+        t.grad = None
+        t.grad_fn = None
+        t._retains_grad = False
         return t
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -25,6 +25,9 @@ SAME, FLOAT, COMPARE, LOGICAL = "same", "float", "compare", "logical"
 
 def promoted(metas: Sequence[TensorMeta]) -> DType:
     """PyTorch promotion over tensor operands (0-d tensors form the weak tier)."""
+    first = metas[0].dtype
+    if all(m.dtype is first for m in metas):
+        return first
     return dtypes.result_type(
         [(m.dtype, m.ndim) for m in metas if m.shape],
         [(m.dtype, 0) for m in metas if not m.shape],
@@ -67,11 +70,18 @@ def pointwise_reference(rule: str, fn: Callable[..., np.ndarray]) -> Callable:
     """A numpy reference: cast operands to the compute dtype, apply, cast the result."""
 
     def reference(arrays: Sequence[np.ndarray], attrs: Attrs) -> np.ndarray:
+        first = arrays[0].dtype
+        if rule == SAME and all(a.dtype == first for a in arrays):
+            with np.errstate(all="ignore"):
+                return np.asarray(fn(*arrays, **attrs))
         metas = [
             TensorMeta((0,) * a.ndim, dtypes.from_numpy_dtype(a.dtype), ()) for a in arrays
         ]
         compute, out = dtype_plan(rule, metas, "reference")
-        cast = [a.astype(compute.np_dtype, copy=False) for a in arrays]
+        cast = [
+            a if a.dtype == compute.np_dtype else a.astype(compute.np_dtype)
+            for a in arrays
+        ]
         with np.errstate(all="ignore"):
             result = fn(*cast, **attrs)
         return np.asarray(result).astype(out.np_dtype, copy=False)
