@@ -92,6 +92,8 @@ from ember.runtime.factories import (
     zeros_like,
 )
 from ember.runtime.tensor import Tensor
+from ember import nn, optim
+from ember.compiler.compile import compile  # noqa: A001 - ember.compile mirrors torch.compile
 
 __version__ = "0.1.0"
 

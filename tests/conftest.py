@@ -11,6 +11,9 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
+# The pass manager verifies the graph after every pass in tests (issue 4).
+os.environ.setdefault("EMBER_VERIFY", "1")
+
 settings.register_profile(
     "ci",
     max_examples=40,

@@ -9,17 +9,41 @@ A value class takes part by defining three class-level members:
 - ``__ember_constant__(value, dtype)``: turn a Python scalar operand into a value of
   that class.
 
+An *interceptor* (installed with :func:`intercept`) sees every call after the
+handler is chosen and before it runs. Tracing installs one so that ops applied to
+module parameters, which are eager tensors, are recorded in the graph even when no
+proxy is among the operands; it passes every other call on to the handler.
+
 The runtime never imports the compiler: both only import this module.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ember.errors import DTypeError
 from ember.ir import dtypes
 from ember.ir.registry import Attrs, OpDef, get_op
+
+#: ``interceptor(op, inputs, attrs, handler)`` returns the call's result.
+Interceptor = Callable[[OpDef, tuple[Any, ...], Attrs, Any], Any]
+
+# A plain list keeps the eager fast path to one truth test; an interceptor that cares
+# about threads checks the calling thread itself.
+_interceptors: list[Interceptor] = []
+
+
+@contextlib.contextmanager
+def intercept(interceptor: Interceptor) -> Iterator[None]:
+    """Route every op call through ``interceptor`` while the block runs (innermost
+    wins); it receives the chosen handler and may call its ``__ember_call__``."""
+    _interceptors.append(interceptor)
+    try:
+        yield
+    finally:
+        _interceptors.remove(interceptor)
 
 
 def is_scalar(value: Any) -> bool:
@@ -68,6 +92,8 @@ def call(name: str | OpDef, inputs: Sequence[Any], attrs: Attrs | None = None) -
         )
     if any(not hasattr(type(v), "__ember_priority__") for v in inputs):
         inputs = _materialize_scalars(op, handler, inputs)
+    if _interceptors:
+        return _interceptors[-1](op, tuple(inputs), attrs or {}, handler)
     return handler.__ember_call__(op, tuple(inputs), attrs or {})
 
 

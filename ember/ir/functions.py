@@ -14,10 +14,11 @@ and friends are these functions.
 from __future__ import annotations
 
 import builtins
+import operator
 from collections.abc import Sequence
 from typing import Any
 
-from ember.errors import IndexingError, ShapeError
+from ember.errors import DTypeError, IndexingError, ShapeError
 from ember.ir import dtypes, layout
 from ember.ir.dispatch import call
 from ember.ir.registry import get_op
@@ -84,8 +85,17 @@ def where(condition: Value, x: Value, y: Value) -> Value:
     return call("where", (condition, x, y))
 
 
-def clamp(x: Value, min: float | None = None, max: float | None = None) -> Value:  # noqa: A002
-    """Limit ``x`` to ``[min, max]``; either bound may be None."""
+def clamp(x: Value, min: Any = None, max: Any = None) -> Value:  # noqa: A002
+    """Limit ``x`` to ``[min, max]``; either bound may be None.
+
+    Number bounds are attributes of one ``clamp`` op; tensor bounds broadcast
+    against ``x`` through ``maximum`` and ``minimum``, as in PyTorch.
+    """
+    if _is_value(min) or _is_value(max):
+        if min is None and max is None:
+            return call("clamp", (x,), {"min": None, "max": None})
+        result = x if min is None else maximum(x, min)
+        return result if max is None else minimum(result, max)
     return call("clamp", (x,), {"min": min, "max": max})
 
 
@@ -95,8 +105,8 @@ def cast(x: Value, dtype: Any) -> Value:
 
 
 def contiguous(x: Value) -> Value:
-    """``x`` itself when dense row-major, else a dense copy."""
-    return x if x.meta.is_contiguous() and x.meta.offset == 0 else call("copy", (x,))
+    """``x`` itself when dense row-major (at any storage offset), else a dense copy."""
+    return x if _meta(x, "contiguous").is_contiguous() else call("copy", (x,))
 
 
 def clone(x: Value) -> Value:
@@ -104,8 +114,33 @@ def clone(x: Value) -> Value:
     return call("copy", (x,))
 
 
+def _is_value(value: Any) -> bool:
+    return hasattr(type(value), "__ember_priority__")
+
+
+def _meta(x: Value, op: str) -> Any:
+    """The meta of a tensor operand, or a DTypeError for anything else."""
+    if not _is_value(x):
+        raise DTypeError(
+            f"{op}: expected a tensor, got {type(x).__name__}",
+            op=op,
+            expected="an ember tensor",
+            actual=repr(x)[:80],
+            hint="wrap the value with ember.tensor(...)",
+        )
+    return x.meta
+
+
+def _dim_attr(x: Value, dim: Any, op: str) -> int:
+    meta = _meta(x, op)
+    return layout.normalize_dim(dim, meta.ndim, op, shape=meta.shape)
+
+
 def _dims_attr(x: Value, dim: Dims, op: str) -> tuple[int, ...]:
-    return layout.normalize_dims(dim, x.meta.ndim, op)
+    meta = _meta(x, op)
+    dims = layout.normalize_dims(dim, meta.ndim, op, shape=meta.shape)
+    # A 0-d tensor accepts dim 0 or -1, but has no axis to reduce.
+    return dims if meta.ndim else ()
 
 
 def sum(x: Value, dim: Dims = None, keepdim: bool = False) -> Value:  # noqa: A001
@@ -131,14 +166,14 @@ def amin(x: Value, dim: Dims = None, keepdim: bool = False) -> Value:
 def argmax(x: Value, dim: int | None = None, keepdim: bool = False) -> Value:
     """Index of the first maximum along ``dim`` (of the flattened tensor for None)."""
     if dim is not None:
-        dim = layout.normalize_dim(dim, x.meta.ndim, "argmax")
+        dim = _dim_attr(x, dim, "argmax")
     return call("argmax", (x,), {"dim": dim, "keepdim": bool(keepdim)})
 
 
 def argmin(x: Value, dim: int | None = None, keepdim: bool = False) -> Value:
     """Index of the first minimum along ``dim`` (of the flattened tensor for None)."""
     if dim is not None:
-        dim = layout.normalize_dim(dim, x.meta.ndim, "argmin")
+        dim = _dim_attr(x, dim, "argmin")
     return call("argmin", (x,), {"dim": dim, "keepdim": bool(keepdim)})
 
 
@@ -151,12 +186,12 @@ def var(x: Value, dim: Dims = None, *, correction: int = 1, keepdim: bool = Fals
 
 def softmax(x: Value, dim: int) -> Value:
     """Softmax along ``dim``, computed stably (the maximum is subtracted first)."""
-    return call("softmax", (x,), {"dim": layout.normalize_dim(dim, x.meta.ndim, "softmax")})
+    return call("softmax", (x,), {"dim": _dim_attr(x, dim, "softmax")})
 
 
 def log_softmax(x: Value, dim: int) -> Value:
     """Log of the softmax along ``dim``, computed stably."""
-    dim = layout.normalize_dim(dim, x.meta.ndim, "log_softmax")
+    dim = _dim_attr(x, dim, "log_softmax")
     return call("log_softmax", (x,), {"dim": dim})
 
 
@@ -189,22 +224,53 @@ def huber_loss(
 # Views ------------------------------------------------------------------------------
 
 
-def _shape_arg(shape: tuple[Any, ...]) -> tuple[int, ...]:
-    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-        shape = tuple(shape[0])
-    return tuple(int(s) if not isinstance(s, bool) else s for s in shape)
+def _unpack(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``f(2, 3)`` and ``f((2, 3))`` alike: one tuple or list stands for its items."""
+    if len(args) == 1 and isinstance(args[0], (tuple, list)):
+        return tuple(args[0])
+    return args
+
+
+def _shape_arg(shape: tuple[Any, ...], op: str) -> tuple[int, ...]:
+    """Sizes as Python ints; a float, a bool or a dtype is a ShapeError."""
+    sizes = _unpack(shape)
+    for size in sizes:
+        if not hasattr(type(size), "__index__") or isinstance(size, bool):
+            raise ShapeError(
+                f"{op}: sizes must be ints, got {size!r} in {sizes}",
+                op=op,
+                expected="ints (and at most one -1 for view and reshape)",
+                actual=sizes,
+                hint="ember has no dtype views; use .to(dtype) to convert"
+                if isinstance(size, dtypes.DType)
+                else None,
+            )
+    return tuple(operator.index(s) for s in sizes)
+
+
+def _index_arg(value: Any, what: str, op: str) -> int:
+    """An int argument (index, start, length): ints and int-likes, never bools."""
+    if not hasattr(type(value), "__index__") or isinstance(value, bool):
+        raise IndexingError(
+            f"{op}: {what} must be an int, got {type(value).__name__}",
+            op=op,
+            expected="an int",
+            actual=repr(value)[:80],
+        )
+    return operator.index(value)
 
 
 def view(x: Value, *shape: Any) -> Value:
     """The same elements in ``shape`` without a copy; StrideError when impossible."""
-    new_shape = layout.infer_shape(_shape_arg(shape), x.meta.numel, "view")
+    numel = _meta(x, "view").numel
+    new_shape = layout.infer_shape(_shape_arg(shape, "view"), numel, "view")
     return call("view", (x,), {"shape": new_shape})
 
 
 def reshape(x: Value, *shape: Any) -> Value:
     """Like :func:`view`, but copies to a dense layout when a view is impossible."""
-    meta = x.meta
-    new_shape = layout.infer_shape(_shape_arg(shape), meta.numel, "reshape")
+    meta = _meta(x, "reshape")
+    new_shape = layout.infer_shape(_shape_arg(shape, "reshape"), meta.numel, "reshape")
     if layout.view_strides(meta.shape, meta.strides, new_shape) is None:
         x = call("copy", (x,))
     return call("view", (x,), {"shape": new_shape})
@@ -212,16 +278,16 @@ def reshape(x: Value, *shape: Any) -> Value:
 
 def permute(x: Value, *dims: Any) -> Value:
     """Reorder dimensions: ``permute(x, 1, 0)`` swaps the two dims of a matrix."""
-    return call("permute", (x,), {"dims": _shape_arg(dims)})
+    return call("permute", (x,), {"dims": _unpack(dims)})
 
 
 def transpose(x: Value, dim0: int, dim1: int) -> Value:
     """Swap two dimensions."""
+    a = _dim_attr(x, dim0, "transpose")
+    b = _dim_attr(x, dim1, "transpose")
     ndim = x.meta.ndim
     if ndim == 0:
         return x
-    a = layout.normalize_dim(dim0, ndim, "transpose")
-    b = layout.normalize_dim(dim1, ndim, "transpose")
     order = list(range(ndim))
     order[a], order[b] = order[b], order[a]
     return call("permute", (x,), {"dims": tuple(order)})
@@ -229,17 +295,17 @@ def transpose(x: Value, dim0: int, dim1: int) -> Value:
 
 def expand(x: Value, *shape: Any) -> Value:
     """Broadcast size-1 dims to ``shape`` (``-1`` keeps a size) without copying."""
-    return call("expand", (x,), {"shape": _shape_arg(shape)})
+    return call("expand", (x,), {"shape": _shape_arg(shape, "expand")})
 
 
 def broadcast_to(x: Value, shape: Sequence[int]) -> Value:
     """Broadcast ``x`` to ``shape`` (a view with stride 0 on expanded dims)."""
-    return call("expand", (x,), {"shape": tuple(shape)})
+    return call("expand", (x,), {"shape": _shape_arg((shape,), "broadcast_to")})
 
 
 def unsqueeze(x: Value, dim: int) -> Value:
     """Insert a dimension of size 1 at ``dim``."""
-    dim = layout.normalize_dim(dim, x.meta.ndim + 1, "unsqueeze")
+    dim = layout.normalize_dim(dim, _meta(x, "unsqueeze").ndim + 1, "unsqueeze")
     return call("unsqueeze", (x,), {"dim": dim})
 
 
@@ -250,11 +316,11 @@ def squeeze(x: Value, dim: Dims = None) -> Value:
 
 def flatten(x: Value, start_dim: int = 0, end_dim: int = -1) -> Value:
     """Merge dims ``start_dim..end_dim`` into one (a view when the layout allows)."""
+    start = _dim_attr(x, start_dim, "flatten")
+    end = _dim_attr(x, end_dim, "flatten")
     shape = x.meta.shape
     if not shape:
         return reshape(x, 1)
-    start = layout.normalize_dim(start_dim, len(shape), "flatten")
-    end = layout.normalize_dim(end_dim, len(shape), "flatten")
     if start > end:
         raise IndexingError(
             f"flatten: start_dim {start_dim} comes after end_dim {end_dim}",
@@ -265,21 +331,19 @@ def flatten(x: Value, start_dim: int = 0, end_dim: int = -1) -> Value:
 
 
 def slice(x: Value, dim: int, start: int | None, stop: int | None, step: int = 1) -> Value:  # noqa: A001
-    """``x[..., start:stop:step, ...]`` along ``dim``; bounds clamp like Python's."""
-    meta = x.meta
+    """``x[..., start:stop:step, ...]`` along ``dim``; bounds clamp like Python's.
+
+    The step must be positive: ember has no negative strides (docs/layout.md, L1).
+    """
+    meta = _meta(x, "slice")
     if meta.ndim == 0:
-        raise IndexingError("cannot slice a 0-d tensor", op="slice")
-    dim = layout.normalize_dim(dim, meta.ndim, "slice")
-    if step is None:
-        step = 1
-    if step <= 0:
-        raise IndexingError(
-            f"slice step must be positive, got {step} (ember has no negative strides)",
-            op="slice",
-            expected="step >= 1",
-            actual=step,
-            hint="reverse a dimension with an index copy; see docs/layout.md rule L1",
-        )
+        raise IndexingError("slice: cannot slice a 0-d tensor", op="slice",
+                            hint="use .item() to read its value")
+    dim = _dim_attr(x, dim, "slice")
+    start = None if start is None else _index_arg(start, "slice start", "slice")
+    stop = None if stop is None else _index_arg(stop, "slice stop", "slice")
+    step = 1 if step is None else _index_arg(step, "slice step", "slice")
+    layout.check_slice_step(step, "slice")
     begin, end, _ = builtins.slice(start, stop, step).indices(meta.shape[dim])
     end = builtins.max(begin, end)
     return call("slice", (x,), {"dim": dim, "start": begin, "stop": end, "step": step})
@@ -287,7 +351,13 @@ def slice(x: Value, dim: int, start: int | None, stop: int | None, step: int = 1
 
 def narrow(x: Value, dim: int, start: int, length: int) -> Value:
     """``length`` elements of ``dim`` from ``start`` (a view)."""
-    size = x.meta.shape[layout.normalize_dim(dim, x.meta.ndim, "narrow")]
+    if _meta(x, "narrow").ndim == 0:
+        raise IndexingError("narrow: cannot narrow a 0-d tensor", op="narrow",
+                            hint="use .item() to read its value")
+    dim = _dim_attr(x, dim, "narrow")
+    start = _index_arg(start, "start", "narrow")
+    length = _index_arg(length, "length", "narrow")
+    size = x.meta.shape[dim]
     if start < 0:
         start += size
     if not (0 <= start <= size and 0 <= length <= size - start):
@@ -298,14 +368,14 @@ def narrow(x: Value, dim: int, start: int, length: int) -> Value:
             expected=f"0 <= start and start + length <= {size}",
             actual=(start, length),
         )
-    return call("slice", (x,), {"dim": layout.normalize_dim(dim, x.meta.ndim, "narrow"),
-                                "start": start, "stop": start + length, "step": 1})
+    return call("slice", (x,), {"dim": dim, "start": start, "stop": start + length,
+                                "step": 1})
 
 
 def select(x: Value, dim: int, index: int) -> Value:
     """The slice at ``index`` along ``dim``, with that dim removed."""
-    dim = layout.normalize_dim(dim, x.meta.ndim, "select")
-    return call("select", (x,), {"dim": dim, "index": int(index)})
+    dim = _dim_attr(x, dim, "select")
+    return call("select", (x,), {"dim": dim, "index": _index_arg(index, "index", "select")})
 
 
 def cat(tensors: Sequence[Value], dim: int = 0) -> Value:
@@ -313,7 +383,9 @@ def cat(tensors: Sequence[Value], dim: int = 0) -> Value:
     tensors = tuple(tensors)
     if not tensors:
         raise ShapeError("cat: expected a non-empty list of tensors", op="cat")
-    return call("cat", tensors, {"dim": layout.normalize_dim(dim, tensors[0].meta.ndim, "cat")})
+    for t in tensors:
+        _meta(t, "cat")
+    return call("cat", tensors, {"dim": _dim_attr(tensors[0], dim, "cat")})
 
 
 def stack(tensors: Sequence[Value], dim: int = 0) -> Value:
@@ -321,6 +393,8 @@ def stack(tensors: Sequence[Value], dim: int = 0) -> Value:
     tensors = tuple(tensors)
     if not tensors:
         raise ShapeError("stack: expected a non-empty list of tensors", op="stack")
+    for t in tensors:
+        _meta(t, "stack")
     dim = layout.normalize_dim(dim, tensors[0].meta.ndim + 1, "stack")
     return call("stack", tensors, {"dim": dim})
 

@@ -26,6 +26,7 @@ Node kinds:
 
 from __future__ import annotations
 
+import copy
 import itertools
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -44,8 +45,19 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 class Node:
     """One IR value (or the output list); see the module docstring."""
 
-    __slots__ = ("graph", "name", "kind", "op", "inputs", "attrs", "meta", "users",
-                 "loc", "target", "value")
+    __slots__ = (
+        "graph",
+        "name",
+        "kind",
+        "op",
+        "inputs",
+        "attrs",
+        "meta",
+        "users",
+        "loc",
+        "target",
+        "value",
+    )
 
     def __init__(
         self,
@@ -95,9 +107,13 @@ class Node:
 
 
 class Graph:
-    """A list of nodes in topological order with unique names."""
+    """A list of nodes in topological order with unique names.
 
-    def __init__(self) -> None:
+    ``name`` labels the graph in its text form, dumps and error messages.
+    """
+
+    def __init__(self, name: str = "main") -> None:
+        self.name = name
         self.nodes: list[Node] = []
         self._names: set[str] = set()
         self._counters: dict[str, Iterator[int]] = {}
@@ -138,28 +154,59 @@ class Graph:
         """Context manager: new nodes go right before ``node``."""
         return _InsertionPoint(self, self.nodes.index(node))
 
+    def inserting_after(self, node: Node) -> _InsertionPoint:
+        """Context manager: new nodes go right after ``node``."""
+        return _InsertionPoint(self, self.nodes.index(node) + 1)
+
+    def _append_verbatim(self, node: Node) -> None:
+        """Append ``node`` as it is, duplicate name or not, without linking users.
+
+        The parser builds graphs with this so that text which breaks an invariant
+        still reads back, leaving the rejection to the verifier.
+        """
+        self._names.add(node.name)
+        self.nodes.append(node)
+
     # Builders -----------------------------------------------------------------------
 
-    def input(self, name: str, meta: TensorMeta, loc: SourceLocation | None = None) -> Node:
+    def input(
+        self, name: str, meta: TensorMeta, loc: SourceLocation | None = None
+    ) -> Node:
         """A placeholder for the next runtime argument."""
-        return self._add(Node(self, self.unique_name(name), "input", meta=meta, loc=loc))
+        return self._add(
+            Node(self, self.unique_name(name), "input", meta=meta, loc=loc)
+        )
 
     def param(
-        self, target: str, meta: TensorMeta, kind: str = "param",
+        self,
+        target: str,
+        meta: TensorMeta,
+        kind: str = "param",
         loc: SourceLocation | None = None,
     ) -> Node:
         """A module parameter (or buffer, with ``kind="buffer"``) named ``target``."""
         assert kind in ("param", "buffer")
-        node = Node(self, self.unique_name(target), kind, meta=meta, target=target, loc=loc)
+        node = Node(
+            self, self.unique_name(target), kind, meta=meta, target=target, loc=loc
+        )
         return self._add(node)
 
     def const(
-        self, value: np.ndarray, meta: TensorMeta, name: str = "const",
+        self,
+        value: np.ndarray,
+        meta: TensorMeta,
+        name: str = "const",
         loc: SourceLocation | None = None,
     ) -> Node:
         """A literal tensor held by the graph."""
-        node = Node(self, self.unique_name(name), "const", meta=meta,
-                    value=np.ascontiguousarray(value), loc=loc)
+        node = Node(
+            self,
+            self.unique_name(name),
+            "const",
+            meta=meta,
+            value=np.array(value, order="C"),
+            loc=loc,
+        )
         return self._add(node)
 
     def call(
@@ -177,16 +224,25 @@ class Graph:
         attrs = dict(attrs or {})
         if meta is None:
             meta = opdef.meta([v.meta for v in inputs], attrs)  # type: ignore[misc]
-        node = Node(self, self.unique_name(name or op), "call", op=op, inputs=inputs,
-                    attrs=attrs, meta=meta, loc=loc)
+        node = Node(
+            self,
+            self.unique_name(name or op),
+            "call",
+            op=op,
+            inputs=inputs,
+            attrs=attrs,
+            meta=meta,
+            loc=loc,
+        )
         return self._add(node)
 
     def output(self, values: Sequence[Node], loc: SourceLocation | None = None) -> Node:
         """The graph's results; a graph has exactly one output node, last."""
         if any(n.kind == "output" for n in self.nodes):
             raise IRError("the graph already has an output node")
-        return self._add(Node(self, self.unique_name("output"), "output",
-                              inputs=values, loc=loc))
+        return self._add(
+            Node(self, self.unique_name("output"), "output", inputs=values, loc=loc)
+        )
 
     # Editing ------------------------------------------------------------------------
 
@@ -201,6 +257,34 @@ class Graph:
         self._names.discard(node.name)
         for value in node.inputs:
             value.users = [u for u in value.users if u is not node]
+
+    def copy(self) -> Graph:
+        """A deep copy: new nodes with the same names, metas, attrs, values and locs.
+
+        Links to nodes outside the graph (only a broken graph has them) are kept.
+        """
+        clone = Graph(self.name)
+        twins: dict[int, Node] = {}
+        for node in self.nodes:
+            value = None if node.value is None else node.value.copy()
+            twin = Node(
+                clone,
+                node.name,
+                node.kind,
+                op=node.op,
+                attrs=copy.deepcopy(node.attrs),
+                meta=node.meta,
+                loc=node.loc,
+                target=node.target,
+                value=value,
+            )
+            twins[id(node)] = twin
+            clone._append_verbatim(twin)
+        for node in self.nodes:
+            twin = twins[id(node)]
+            twin.inputs = [twins.get(id(v), v) for v in node.inputs]
+            twin.users = [twins.get(id(u), u) for u in node.users]
+        return clone
 
     # Queries ------------------------------------------------------------------------
 
@@ -242,6 +326,30 @@ class Graph:
         from ember.ir.printer import format_graph
 
         return format_graph(self)
+
+
+def link_by_name(nodes: Sequence[Node], operands: Sequence[Sequence[str]]) -> None:
+    """Set each node's inputs from its operand names, then fill the users lists.
+
+    Readers of the text and JSON forms share this. A name resolves to its latest
+    definition before the use, failing that (a use before the definition, which the
+    verifier rejects) to the first one after. A name no node defines raises
+    ``LookupError((node_index, operand_index))``.
+    """
+    definitions: dict[str, list[int]] = {}
+    for index, node in enumerate(nodes):
+        definitions.setdefault(node.name, []).append(index)
+    for index, (node, names) in enumerate(zip(nodes, operands)):
+        for position, name in enumerate(names):
+            found = definitions.get(name)
+            if not found:
+                raise LookupError((index, position))
+            before = [i for i in found if i < index]
+            node.inputs.append(nodes[before[-1] if before else found[0]])
+    for node in nodes:
+        for value in node.inputs:
+            if node not in value.users:
+                value.users.append(node)
 
 
 class _InsertionPoint:

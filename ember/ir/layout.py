@@ -14,9 +14,10 @@ rules and the compiler's layout validation all cite.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Sequence
 
-from ember.errors import IndexingError, ShapeError
+from ember.errors import IndexingError, LayoutError, ShapeError
 
 Shape = tuple[int, ...]
 Strides = tuple[int, ...]
@@ -78,7 +79,12 @@ def has_internal_overlap(shape: Sequence[int], strides: Sequence[int]) -> bool:
     Exact for every layout ember's view ops can produce: a stride of 0 on a dim of
     size above 1 overlaps; otherwise the layout is overlap-free when, taking the dims
     in increasing stride order, each stride exceeds the extent of all smaller ones.
+    For other layouts (only ``from_numpy`` can make them) the answer is conservative:
+    it may report an overlap that is not there, never the reverse. A tensor without
+    elements has no overlap.
     """
+    if numel(shape) == 0:
+        return False
     dims = [(st, sz) for sz, st in zip(shape, strides) if sz > 1]
     if any(st == 0 for st, _ in dims):
         return True
@@ -206,17 +212,54 @@ def expand_strides(
     return tuple(result)
 
 
-def normalize_dim(dim: int, ndim: int, op: str) -> int:
-    """A dim in ``range(ndim)``; negative dims count from the end (0-d takes -1, 0)."""
-    if not isinstance(dim, int) or isinstance(dim, bool):
+def check_slice_step(step: int, op: str) -> None:
+    """Rule L1: a slice step is positive (zero is meaningless, negative would need a
+    negative stride)."""
+    if step == 0:
         raise IndexingError(
-            f"{op}: dim must be an int, got {type(dim).__name__}", op=op, actual=dim
+            f"{op}: step cannot be zero", op=op, expected="step >= 1", actual=step
         )
+    if step < 0:
+        raise LayoutError(
+            f"{op}: step {step} would need a negative stride, which ember does "
+            "not have (docs/layout.md, rule L1)",
+            op=op,
+            expected="step >= 1",
+            actual=step,
+            hint="slice with a positive step; to reverse, copy through numpy: "
+            "ember.tensor(x.numpy()[::-1])",
+        )
+
+
+def _is_integer(value: object) -> bool:
+    """True for ints and int-like objects (numpy integers), never for bools."""
+    return hasattr(type(value), "__index__") and not isinstance(value, bool)
+
+
+def normalize_dim(
+    dim: int, ndim: int, op: str, *, shape: Sequence[int] | None = None
+) -> int:
+    """A dim in ``range(ndim)``; negative dims count from the end (0-d takes -1, 0).
+
+    ``shape``, when given, is named in the error message.
+    """
+    if not _is_integer(dim):
+        raise IndexingError(
+            f"{op}: dim must be an int, got {type(dim).__name__}",
+            op=op,
+            expected="an int",
+            actual=dim,
+        )
+    dim = operator.index(dim)
     bound = max(ndim, 1)
     if not -bound <= dim < bound:
+        where = (
+            f"of shape {tuple(shape)}"
+            if shape is not None
+            else f"with {ndim} dimension{'s' if ndim != 1 else ''}"
+        )
         raise IndexingError(
-            f"{op}: dimension {dim} is out of range for a tensor with {ndim} "
-            f"dimension{'s' if ndim != 1 else ''}",
+            f"{op}: dimension {dim} is out of range for a tensor {where}",
             op=op,
             expected=f"a dim in [{-bound}, {bound - 1}]",
             actual=dim,
@@ -224,17 +267,32 @@ def normalize_dim(dim: int, ndim: int, op: str) -> int:
     return dim % bound
 
 
-def normalize_dims(dims: int | Sequence[int] | None, ndim: int, op: str) -> tuple[int, ...]:
+def normalize_dims(
+    dims: int | Sequence[int] | None,
+    ndim: int,
+    op: str,
+    *,
+    shape: Sequence[int] | None = None,
+) -> tuple[int, ...]:
     """Normalize one dim, a sequence of dims (no repeats) or None (every dim)."""
     if dims is None:
         return tuple(range(ndim))
-    if isinstance(dims, int):
-        dims = (dims,)
-    result = tuple(normalize_dim(d, ndim, op) for d in dims)
+    if _is_integer(dims):
+        dims = (dims,)  # type: ignore[assignment]
+    elif not isinstance(dims, (tuple, list)):
+        raise IndexingError(
+            f"{op}: dim must be an int, a tuple of ints or None, got "
+            f"{type(dims).__name__}",
+            op=op,
+            expected="an int, a tuple of ints or None",
+            actual=dims,
+        )
+    result = tuple(normalize_dim(d, ndim, op, shape=shape) for d in dims)
     if len(set(result)) != len(result):
         raise IndexingError(
             f"{op}: dimension list {tuple(dims)} names a dimension twice",
             op=op,
+            expected="distinct dimensions",
             actual=tuple(dims),
         )
     return result

@@ -1,26 +1,44 @@
 """The eager autograd engine.
 
-Every differentiable op run on a tensor that requires grad records a :class:`Node`
-(the output's ``grad_fn``) holding the op, its attributes, the inputs and output it
-saved and the version of their storage at that moment. Backward then:
+Every differentiable op run on a tensor that requires grad records a :class:`Node`,
+the output's ``grad_fn``: the op, its attributes, one edge per input (the input's own
+``grad_fn``, the leaf tensor itself, or None when the input needs no gradient) and
+the values its gradient rule reads (``ember.ir.gradients.save_plan``), together with
+the version of their storage at that moment. Only floating-point outputs are
+recorded: integer and bool results carry no gradient.
 
-1. collects the nodes reachable from the roots (iteratively: depth is unbounded),
-2. counts for every node how many reachable consumers will send it a gradient,
-3. runs a node only when all of them have, newest node first among the ready ones,
-   so a value used on several paths receives the sum of all its gradients, added in
-   a fixed order, before its own rule runs; two runs are bit-identical,
-4. accumulates leaf gradients into ``.grad``.
+Backward (:func:`backward` and :func:`grad`) then:
 
-Gradient rules come from the op registry (``ember.ir.gradients``) and run with grad
-mode off: ember has no higher-order gradients (``docs/limitations.md``).
+1. collects the nodes reachable from the roots, iteratively (depth is unbounded),
+2. counts, for every node, the consumers that will send it a gradient,
+3. runs a node only after all of them have, newest node first among the ready ones,
+   so a value used on several paths receives the sum of its gradients, added in a
+   fixed order, before its own rule runs; two runs are bit-identical (the walk is
+   :class:`ember.ir.schedule.ReverseOrder`, which the graph autodiff shares),
+4. hands leaf gradients to ``.grad`` (backward) or to the caller (grad).
+
+It fails fast with typed errors that name the tensor and the op: see
+:func:`backward`. Every run leaves a :class:`BackwardStats` in :func:`last_stats` and
+logs its one-line summary at DEBUG on this module's logger (``EMBER_LOG=autograd``).
+Gradient rules run with recording off: ember has no higher-order gradients
+(``docs/limitations.md``).
+
+    >>> import ember
+    >>> x = ember.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    >>> (x * x).sum().backward()
+    >>> x.grad.tolist()
+    [2.0, 4.0, 6.0]
+    >>> last_stats().nodes_run
+    2
 """
 
 from __future__ import annotations
 
 import contextlib
-import heapq
 import itertools
+import linecache
 import logging
+import os
 import sys
 import time
 import weakref
@@ -33,19 +51,27 @@ from ember.errors import (
     GradientMismatchError,
     GraphFreedError,
     InplaceModificationError,
+    MissingGradError,
     NoGradError,
     NonScalarLossError,
     SourceLocation,
+    _is_internal,
 )
-from ember.ir import gradients  # noqa: F401  (fills the registry's gradient slots)
-from ember.ir.gradients import fit_gradient
+from ember.ir import functions as F
+from ember.ir.gradients import fit_gradient, save_plan
 from ember.ir.meta import TensorMeta
 from ember.ir.registry import Attrs, GradContext, OpDef
+from ember.ir.schedule import ReverseOrder
+from ember.runtime.factories import ones_like
+from ember.runtime.tensor import Storage, Tensor
 
 logger = logging.getLogger(__name__)
 
 _grad_enabled = True
 _sequence = itertools.count()
+
+
+# Grad mode --------------------------------------------------------------------------
 
 
 def is_grad_enabled() -> bool:
@@ -65,7 +91,15 @@ def _grad_mode(enabled: bool) -> Iterator[None]:
 
 
 def no_grad() -> contextlib.AbstractContextManager[None]:
-    """Context manager in which ops record nothing for backward."""
+    """Context manager (or decorator) in which ops record nothing for backward.
+
+    >>> import ember
+    >>> x = ember.ones(2, requires_grad=True)
+    >>> with ember.no_grad():
+    ...     y = x * 2
+    >>> y.requires_grad
+    False
+    """
     return _grad_mode(False)
 
 
@@ -74,65 +108,114 @@ def enable_grad() -> contextlib.AbstractContextManager[None]:
     return _grad_mode(True)
 
 
-def set_requires_grad(tensor: Any, flag: bool) -> None:
+def set_requires_grad(tensor: Tensor, flag: bool) -> None:
     """``tensor.requires_grad_(flag)``, for leaves of floating dtype only."""
     if flag and not tensor.dtype.is_floating_point:
         raise AutogradError(
-            f"only floating-point tensors can require gradients, got {tensor.dtype.name}",
+            f"requires_grad_() on a {tensor.meta.type_str()} tensor: only "
+            "floating-point tensors can require gradients",
             op="requires_grad_",
             hint="convert with .float() first",
         )
     if not flag and tensor.grad_fn is not None:
         raise AutogradError(
-            "requires_grad_(False) on a non-leaf tensor; use .detach() instead",
+            f"requires_grad_(False) on {describe(tensor)}, which is not a leaf",
             op="requires_grad_",
+            hint="use .detach() to get a tensor cut from the graph",
         )
     tensor.requires_grad = bool(flag)
 
 
-def _caller() -> tuple[str, int] | None:
-    from ember.errors import _is_internal
+# Recording --------------------------------------------------------------------------
 
+#: co_filename -> "lies inside the ember package"; frames are walked on every record.
+_internal_files: dict[str, bool] = {}
+
+
+def _user_line() -> tuple[str, int] | None:
+    """File and line of the innermost caller outside ember (cached per file)."""
     frame = sys._getframe(2)
-    while frame is not None and _is_internal(frame.f_code.co_filename):
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        internal = _internal_files.get(filename)
+        if internal is None:
+            internal = _internal_files[filename] = _is_internal(filename)
+        if not internal:
+            return filename, frame.f_lineno
         frame = frame.f_back  # type: ignore[assignment]
-    return (frame.f_code.co_filename, frame.f_lineno) if frame is not None else None
+    return None
+
+
+class _Unsaved:
+    """Stands in a GradContext for a value the rule declared it does not read."""
+
+    __slots__ = ("meta",)
+
+    def __init__(self, meta: TensorMeta) -> None:
+        self.meta = meta
+
+    def __repr__(self) -> str:
+        return f"<unsaved {self.meta.type_str()}>"
 
 
 class Node:
-    """The record of one op for backward: a tensor's ``grad_fn``."""
+    """The record of one op for backward: a tensor's ``grad_fn``.
 
-    __slots__ = ("op", "attrs", "saved", "versions", "input_metas", "edges",
-                 "needs", "sequence", "output_ref", "where")
+    ``edges[i]`` is where the gradient of input ``i`` goes: that input's ``grad_fn``,
+    the input itself when it is a leaf, or None when it needs no gradient.
+    ``saved`` holds the inputs the rule reads (None once backward freed them).
+    """
 
-    def __init__(self, op: OpDef, inputs: Sequence[Any], attrs: Attrs, output: Any) -> None:
+    __slots__ = (
+        "op",
+        "attrs",
+        "edges",
+        "needs",
+        "metas",
+        "out_meta",
+        "plan",
+        "saved",
+        "versions",
+        "out_storage",
+        "out_version",
+        "sequence",
+        "output_ref",
+        "where",
+    )
+
+    def __init__(
+        self, op: OpDef, inputs: Sequence[Tensor], attrs: Attrs, output: Tensor
+    ) -> None:
         self.op = op
         self.attrs = attrs
-        detached = tuple(t.detach() for t in inputs)
-        out = output.detach()
-        self.saved: tuple[tuple[Any, ...], Any] | None = (detached, out)
-        self.versions = tuple(t._storage.version for t in inputs) + (output._storage.version,)
-        self.input_metas: tuple[TensorMeta, ...] = tuple(t._meta for t in inputs)
-        self.needs = tuple(bool(t.requires_grad) for t in inputs)
-        # Each edge leads where the input's gradient goes: its grad_fn, the leaf
-        # tensor itself, or nowhere.
-        self.edges: tuple[Any, ...] = tuple(
-            (t.grad_fn if t.grad_fn is not None else t) if t.requires_grad else None
-            for t in inputs
+        # List comprehensions: this runs for every recorded op, and they are the
+        # fastest way to build these small tuples.
+        self.edges = edges = tuple(
+            [(t.grad_fn or t) if t.requires_grad else None for t in inputs]
         )
+        self.needs = needs = tuple([e is not None for e in edges])
+        self.metas = tuple([t._meta for t in inputs])
+        self.out_meta = output._meta
+        self.plan = plan = save_plan(op.name, needs)
+        self.saved: tuple[Tensor, ...] | None = tuple([inputs[i] for i in plan[0]])
+        self.versions = tuple([inputs[i]._storage.version for i in plan[0]])
+        # The output is kept as storage and meta, not as the tensor: the tensor
+        # holds this node, and a cycle would outlive its last reference.
+        self.out_storage = output._storage if plan[1] else None
+        self.out_version = output._storage.version
         self.sequence = next(_sequence)
         self.output_ref = weakref.ref(output)
-        self.where = _caller()
+        self.where = _user_line()
 
     @property
     def name(self) -> str:
+        """The op's name."""
         return self.op.name
 
     def location(self) -> SourceLocation | None:
+        """Where the user's code ran the op, if it ran from outside ember."""
         if self.where is None:
             return None
-        import linecache
-
         file, line = self.where
         return SourceLocation(file, line, linecache.getline(file, line).strip())
 
@@ -140,22 +223,45 @@ class Node:
         return f"<{self.op.name}Backward #{self.sequence}>"
 
 
-def is_recording(op: OpDef, inputs: Sequence[Any]) -> bool:
+def is_recording(op: OpDef, inputs: Sequence[Tensor]) -> bool:
     """Should this eager call be recorded for backward?"""
     return _grad_enabled and op.differentiable and any(t.requires_grad for t in inputs)
 
 
-def record(op: OpDef, inputs: Sequence[Any], attrs: Attrs, output: Any) -> None:
-    """Attach a Node to ``output`` (floating outputs only carry gradients)."""
-    if not output.dtype.is_floating_point:
-        return
-    output.grad_fn = Node(op, inputs, attrs, output)
-    output.requires_grad = True
+def record(op: OpDef, inputs: Sequence[Tensor], attrs: Attrs, output: Tensor) -> None:
+    """Attach a Node to ``output``; integer and bool outputs are not differentiable."""
+    if output._meta.dtype.is_floating_point:
+        output.grad_fn = Node(op, inputs, attrs, output)
+        output.requires_grad = True
+
+
+def describe(tensor: Tensor) -> str:
+    """``f32[2, 3] (output of mul at model.py:12)``: a tensor, for error messages."""
+    node = tensor.grad_fn
+    if node is None:
+        kind = "a leaf" if tensor.requires_grad else "not in any graph"
+        return f"{tensor.meta.type_str()} ({kind})"
+    return f"{tensor.meta.type_str()} (output of {node.name}{_at(node)})"
+
+
+def _at(node: Node) -> str:
+    """`` at model.py:12``: where the user's code ran the node's op, if known."""
+    if node.where is None:
+        return ""
+    return f" at {os.path.basename(node.where[0])}:{node.where[1]}"
+
+
+# Statistics -------------------------------------------------------------------------
 
 
 @dataclass
 class BackwardStats:
-    """What one backward did: readable through :func:`last_stats`."""
+    """What one backward did; :func:`last_stats` returns the latest.
+
+    ``edges`` counts gradient edges into nodes and leaves, ``accumulations`` the
+    additions that summed two gradients of one value, ``peak_ready`` the longest
+    the queue of runnable nodes grew.
+    """
 
     nodes_run: int = 0
     edges: int = 0
@@ -165,11 +271,14 @@ class BackwardStats:
     seconds: float = 0.0
 
     def summary(self) -> str:
+        """The one line logged at DEBUG after every backward."""
         return (
             f"backward: {self.nodes_run} nodes, {self.edges} edges, "
             f"{self.accumulations} accumulations, peak ready {self.peak_ready}, "
             f"{self.leaves} leaves, {self.seconds * 1e3:.3f} ms"
         )
+
+    __str__ = summary
 
 
 _last_stats = BackwardStats()
@@ -180,17 +289,102 @@ def last_stats() -> BackwardStats:
     return _last_stats
 
 
-def _check_gradient(root: Any, gradient: Any) -> Any:
-    from ember.runtime.factories import ones_like
-    from ember.runtime.tensor import Tensor
+# Public entry points ----------------------------------------------------------------
 
+
+def backward(
+    root: Tensor, gradient: Tensor | None = None, *, retain_graph: bool = False
+) -> None:
+    """Backpropagate from ``root`` and accumulate into the leaves' ``.grad``.
+
+    Raises NoGradError when ``root`` does not require grad, NonScalarLossError when
+    it has several elements and no ``gradient`` is given, GradientMismatchError for
+    a ``gradient`` of another shape or dtype, GraphFreedError when the graph already
+    ran without ``retain_graph=True``, and InplaceModificationError when a value
+    saved for backward was modified in place since. ``.grad`` is only touched once
+    the whole backward succeeded.
+    """
+    _require_grad(root, "backward() from")
+    roots = [(root, _root_gradient(root, gradient))]
+    leaf_grads, retained = _execute(roots, retain_graph, None)
+    for tensor, (value, owned) in (leaf_grads | retained).items():
+        _accumulate_grad(tensor, value, owned)
+
+
+def grad(
+    outputs: Tensor | Sequence[Tensor],
+    inputs: Tensor | Sequence[Tensor],
+    grad_outputs: Tensor | Sequence[Tensor | None] | None = None,
+    retain_graph: bool = False,
+    allow_unused: bool = False,
+) -> tuple[Tensor | None, ...]:
+    """Gradients of ``outputs`` with respect to ``inputs``, leaving ``.grad`` alone.
+
+    Only the part of the graph between them runs (and is freed). An input the
+    outputs do not depend on raises MissingGradError, or gives None with
+    ``allow_unused=True``.
+
+    >>> import ember
+    >>> x = ember.tensor([1.0, 2.0], requires_grad=True)
+    >>> y = x * x
+    >>> grad(y.sum(), y)[0].tolist()
+    [1.0, 1.0]
+    """
+    outputs = _as_list(outputs)
+    inputs = _as_list(inputs)
+    if grad_outputs is None:
+        grad_outputs = [None] * len(outputs)
+    grad_outputs = _as_list(grad_outputs)
+    if len(grad_outputs) != len(outputs):
+        raise GradientMismatchError(
+            f"grad(): {len(grad_outputs)} grad_outputs for {len(outputs)} outputs",
+            expected=len(outputs),
+            actual=len(grad_outputs),
+            hint="pass one gradient (or None) per output",
+        )
+    for out in outputs:
+        _require_grad(out, "grad() of")
+    for t in inputs:
+        _require_grad(t, "grad() with respect to")
+    roots = [(out, _root_gradient(out, g)) for out, g in zip(outputs, grad_outputs)]
+    _, found = _execute(roots, retain_graph, inputs)
+    result = []
+    for t in inputs:
+        value = found.get(t)
+        if value is None and not allow_unused:
+            raise MissingGradError(
+                f"grad(): the input {describe(t)} is not reachable from the outputs, "
+                "so it receives no gradient",
+                op=t.grad_fn.name if t.grad_fn else None,
+                hint="pass allow_unused=True to get None for it",
+            )
+        result.append(None if value is None else _owned(value[0], value[1]))
+    return tuple(result)
+
+
+def _as_list(values: Any) -> list[Any]:
+    return list(values) if isinstance(values, (list, tuple)) else [values]
+
+
+def _require_grad(tensor: Tensor, what: str) -> None:
+    if not getattr(tensor, "requires_grad", False):
+        raise NoGradError(
+            f"{what} {describe(tensor)}, which does not require grad and has no "
+            "grad_fn",
+            hint="create the leaf with requires_grad=True, and check that no_grad() "
+            "or .detach() did not cut the graph",
+        )
+
+
+def _root_gradient(root: Tensor, gradient: Tensor | None) -> Tensor:
+    op = root.grad_fn.name if root.grad_fn else None
     if gradient is None:
         if root.numel() != 1:
             raise NonScalarLossError(
-                f"backward() on a tensor of shape {root.shape} needs an explicit "
-                "gradient: only a one-element output has an implied gradient of 1",
-                op=root.grad_fn.name if root.grad_fn else None,
-                expected="a one-element tensor, or backward(gradient=...)",
+                f"backward on {describe(root)} needs an explicit gradient: only a "
+                "one-element output has the implied gradient 1",
+                op=op,
+                expected="a one-element tensor, or gradient=...",
                 actual=root.shape,
                 hint="reduce the loss first (loss.mean() or loss.sum()), or pass "
                 "gradient=ember.ones_like(loss)",
@@ -198,12 +392,15 @@ def _check_gradient(root: Any, gradient: Any) -> Any:
         return ones_like(root)
     if not isinstance(gradient, Tensor):
         raise GradientMismatchError(
-            f"the gradient must be a tensor, got {type(gradient).__name__}"
+            f"the gradient for {describe(root)} must be a tensor, got "
+            f"{type(gradient).__name__}",
+            op=op,
+            hint="wrap it with ember.tensor(...)",
         )
     if gradient.shape != root.shape or gradient.dtype is not root.dtype:
         raise GradientMismatchError(
-            f"the gradient has {gradient.meta.type_str()} but the output is "
-            f"{root.meta.type_str()}",
+            f"the gradient for {describe(root)} is {gradient.meta.type_str()}",
+            op=op,
             expected=root.meta.type_str(),
             actual=gradient.meta.type_str(),
             hint="pass a gradient with the output's shape and dtype",
@@ -211,189 +408,242 @@ def _check_gradient(root: Any, gradient: Any) -> Any:
     return gradient.detach()
 
 
-def _require_grad(t: Any, what: str) -> None:
-    if not t.requires_grad:
-        raise NoGradError(
-            f"{what} on a tensor that does not require grad and has no grad_fn "
-            f"({t.meta.type_str()})",
-            hint="create the leaf with requires_grad=True, or check that no_grad() "
-            "or .detach() did not cut the graph",
+def _owned(value: Tensor, owned: bool) -> Tensor:
+    """A dense gradient no other tensor shares: the engine may hand the same buffer
+    (or a stride-0 view) to several places, and callers write into ``.grad``."""
+    if owned and value.is_contiguous():
+        return value
+    return F.clone(value)
+
+
+def _accumulate_grad(tensor: Tensor, value: Tensor, owned: bool) -> None:
+    """``tensor.grad += value``, out of place, checking what is already there."""
+    current = tensor.grad
+    if current is None:
+        tensor.grad = _owned(value, owned)
+        return
+    if current.shape != tensor.shape or current.dtype is not tensor.dtype:
+        raise GradientMismatchError(
+            f"the .grad of {describe(tensor)} is {current.meta.type_str()}, so the "
+            "new gradient cannot be added to it",
+            expected=tensor.meta.type_str(),
+            actual=current.meta.type_str(),
+            hint="set .grad = None (or a tensor of the right shape and dtype)",
+        )
+    tensor.grad = current + value
+
+
+# The scheduler ----------------------------------------------------------------------
+
+#: A gradient and whether the engine made it for this value alone (``owned``), or it
+#: may be shared with a rule's input, another edge or the caller.
+Received = tuple[Any, bool]
+
+
+class _Run:
+    """One backward pass: the gradients received so far and the ready queue."""
+
+    def __init__(
+        self,
+        roots: Sequence[tuple[Tensor, Tensor]],
+        keep: set[Any] | None,
+        captured: dict[Node, Tensor],
+    ) -> None:
+        self.roots = roots
+        self.keep = keep
+        self.captured = captured
+        self.stats = BackwardStats()
+        self.buffers: dict[Any, Received] = {}  # Node or leaf tensor -> gradient
+        self.found: dict[Tensor, Received] = {}  # captured or retained tensors
+
+    def receives(self, target: Any) -> bool:
+        """Does ``target`` take part? (grad() skips what leads to no input.)"""
+        keep = self.keep
+        return target is not None and (
+            keep is None or target in keep or target in self.captured
         )
 
+    def send(self, target: Any, value: Tensor) -> None:
+        buffers = self.buffers
+        if target in buffers:
+            buffers[target] = (buffers[target][0] + value, True)
+            self.stats.accumulations += 1
+        else:
+            buffers[target] = (value, False)
 
-def backward(root: Any, gradient: Any = None, *, retain_graph: bool = False) -> None:
-    """Backpropagate from ``root`` and accumulate into the leaves' ``.grad``."""
-    _require_grad(root, "backward()")
-    grad = _check_gradient(root, gradient)
-    leaf_grads = _run([(root, grad)], retain_graph, capture=None)
-    for leaf, value in leaf_grads.items():
-        leaf.grad = value if leaf.grad is None else leaf.grad + value
+    def edges_into_nodes(self, node: Node) -> list[Node]:
+        """The recorded nodes ``node`` sends a gradient to (none if it does not run)."""
+        if self.keep is not None and node not in self.keep:
+            return []
+        return [t for t in node.edges if type(t) is Node and self.receives(t)]
 
-
-def grad(
-    outputs: Any, inputs: Any, grad_outputs: Any = None, retain_graph: bool = False,
-    allow_unused: bool = False,
-) -> tuple[Any, ...]:
-    """Gradients of ``outputs`` with respect to ``inputs``, without touching ``.grad``."""
-    from ember.errors import MissingGradError
-
-    outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
-    single = not isinstance(inputs, (list, tuple))
-    inputs = [inputs] if single else list(inputs)
-    if grad_outputs is None:
-        grad_outputs = [None] * len(outputs)
-    elif not isinstance(grad_outputs, (list, tuple)):
-        grad_outputs = [grad_outputs]
-    roots = []
-    for out, g in zip(outputs, grad_outputs):
-        _require_grad(out, "grad()")
-        roots.append((out, _check_gradient(out, g)))
-    for t in inputs:
-        _require_grad(t, "grad() input")
-    found = _run(roots, retain_graph, capture=inputs)
-    result = []
-    for t in inputs:
-        value = found.get(t)
-        if value is None and not allow_unused:
-            raise MissingGradError(
-                f"an input ({t.meta.type_str()}) is not reachable from the outputs, so "
-                "it receives no gradient",
-                hint="pass allow_unused=True to get None for it",
-            )
-        result.append(value)
-    return tuple(result)
-
-
-def _collect(roots: Sequence[Node]) -> tuple[dict[Node, int], int]:
-    """Count, for each reachable node, the consumers that will send it a gradient."""
-    pending: dict[Node, int] = {}
-    stack = list(roots)
-    seen = set(stack)
-    edges = 0
-    while stack:
-        node = stack.pop()
-        for target in node.edges:
-            if not isinstance(target, Node):
+    def run(self, retain_graph: bool, retain_grads: bool) -> None:
+        """Run every node once, after all its consumers (see ember.ir.schedule)."""
+        root_nodes = []
+        for tensor, gradient in self.roots:
+            self.send(tensor.grad_fn or tensor, gradient)
+            if tensor.grad_fn is not None:
+                root_nodes.append(tensor.grad_fn)
+        walk = ReverseOrder(root_nodes, self.edges_into_nodes, _sequence_of)
+        # Locals: this loop runs once per node.
+        stats, buffers, found = self.stats, self.buffers, self.found
+        captured, keep = self.captured, self.keep
+        send = self.send
+        for node in walk:
+            grad_out = buffers.pop(node)
+            if node in captured:
+                found[captured[node]] = grad_out
+            elif retain_grads:
+                self._retain(node, grad_out)
+            if keep is not None and node not in keep:
                 continue
-            edges += 1
-            pending[target] = pending.get(target, 0) + 1
-            if target not in seen:
-                seen.add(target)
-                stack.append(target)
-    return pending, edges
+            stats.nodes_run += 1
+            for target, value in zip(node.edges, _apply(node, grad_out[0], self.roots)):
+                # value is None exactly where the edge is (no gradient needed).
+                if value is None or (keep is not None and not self.receives(target)):
+                    continue
+                stats.edges += 1
+                send(target, value)
+            if not retain_graph:
+                node.saved = None
+        stats.peak_ready = walk.peak_ready
+
+    def _retain(self, node: Node, grad_out: Received) -> None:
+        output = node.output_ref()
+        if output is not None and output._retains_grad:
+            self.found[output] = grad_out
 
 
-def _saved(node: Node) -> tuple[tuple[Any, ...], Any]:
-    if node.saved is None:
+def _sequence_of(node: Node) -> int:
+    return node.sequence
+
+
+def _execute(
+    roots: Sequence[tuple[Tensor, Tensor]],
+    retain_graph: bool,
+    capture: Sequence[Tensor] | None,
+) -> tuple[dict[Tensor, Received], dict[Tensor, Received]]:
+    """The scheduler behind backward() and grad(): the gradients of the leaves, and
+    of ``capture`` (which may hold non-leaf tensors) or else of the non-leaf tensors
+    that called retain_grad()."""
+    global _last_stats
+    start = time.perf_counter()
+    captured = {t.grad_fn: t for t in capture or () if t.grad_fn is not None}
+    keep = None
+    if capture is not None:
+        root_nodes = [t.grad_fn for t, _ in roots if t.grad_fn is not None]
+        keep = _leading_to(root_nodes, captured, capture)
+    run = _Run(roots, keep, captured)
+    with no_grad():
+        run.run(retain_graph, retain_grads=capture is None)
+    leaves = {t: g for t, g in run.buffers.items() if type(t) is not Node}
+    if capture is not None:
+        run.found.update((t, leaves[t]) for t in capture if t in leaves)
+    stats = run.stats
+    stats.leaves = len(leaves)
+    stats.seconds = time.perf_counter() - start
+    _last_stats = stats
+    logger.debug("%s", stats)
+    return leaves, run.found
+
+
+def _leading_to(
+    roots: Sequence[Node], captured: dict[Node, Tensor], capture: Sequence[Tensor]
+) -> set[Any]:
+    """The nodes from which a captured tensor can be reached, and the captured
+    leaves: grad() runs only these nodes and sends gradients only to them (and to
+    the captured nodes themselves)."""
+    leaves = {t for t in capture if t.grad_fn is None}
+    useful: set[Any] = set(leaves)
+    # Iterative depth-first post-order: a node is useful when one of its edges
+    # leads to a captured tensor or to a useful node.
+    done: set[Node] = set()
+    stack: list[tuple[Node, bool]] = [(n, False) for n in dict.fromkeys(roots)]
+    while stack:
+        node, expanded = stack.pop()
+        if node in done:
+            continue
+        if not expanded:
+            stack.append((node, True))
+            stack.extend(
+                (t, False) for t in node.edges if type(t) is Node and t not in done
+            )
+            continue
+        done.add(node)
+        if any(t is not None and (t in useful or t in captured) for t in node.edges):
+            useful.add(node)
+    return useful
+
+
+def _context(node: Node, roots: Sequence[tuple[Tensor, Tensor]]) -> GradContext:
+    """The rule's view of the op, after checking the saved values are intact."""
+    saved = node.saved
+    if saved is None:
         raise GraphFreedError(
-            f"backward through {node.name} a second time: its saved values were "
-            "freed after the first backward",
+            f"a second backward from {describe(roots[0][0])} reached {node.name}"
+            f"{_at(node)}, whose saved values the first backward freed",
             op=node.name,
             hint="pass retain_graph=True to the first backward() if you need two",
             location=node.location(),
         )
-    inputs, output = node.saved
-    for i, t in enumerate((*inputs, output)):
-        if t._storage.version != node.versions[i]:
-            which = "its output" if i == len(inputs) else f"input {i}"
-            raise InplaceModificationError(
-                f"a tensor saved by {node.name} ({which}, {t.meta.type_str()}) was "
-                "modified in place after it was saved, so its gradient would be wrong",
-                op=node.name,
-                expected=f"version {node.versions[i]}",
-                actual=f"version {t._storage.version}",
-                hint="use the out-of-place form of the later op, or .clone() the "
-                "value before modifying it",
-                location=node.location(),
-            )
-    return inputs, output
+    positions = node.plan[0]
+    inputs: list[Any] = [_Unsaved(m) for m in node.metas]
+    for position, value, version in zip(positions, saved, node.versions):
+        _check_version(node, f"input {position}", value.meta, value._storage, version)
+        inputs[position] = value
+    output: Any = _Unsaved(node.out_meta)
+    if node.out_storage is not None:
+        _check_version(
+            node, "output", node.out_meta, node.out_storage, node.out_version
+        )
+        output = Tensor._make(node.out_storage, node.out_meta)
+    return GradContext(tuple(inputs), output, node.attrs, node.needs)
 
 
-def _apply(node: Node, grad_out: Any, retain_graph: bool) -> tuple[Any, ...]:
-    inputs, output = _saved(node)
+def _check_version(
+    node: Node, which: str, meta: TensorMeta, storage: Storage, saved: int
+) -> None:
+    if storage.version != saved:
+        raise InplaceModificationError(
+            f"{meta.type_str()}, the {which} of {node.name}{_at(node)} saved for "
+            "backward, was modified in place afterwards: its gradient would be wrong",
+            op=node.name,
+            expected=f"version {saved}",
+            actual=f"version {storage.version}",
+            hint="use the out-of-place form of the later op (x = x * 2), or .clone() "
+            "the value before modifying it",
+            location=node.location(),
+        )
+
+
+def _apply(
+    node: Node, grad_out: Tensor, roots: Sequence[tuple[Tensor, Tensor]]
+) -> tuple[Tensor | None, ...]:
+    """Run the node's rule and fit each gradient to its input."""
     rule = node.op.grad
     if rule is None:
-        raise AutogradError(f"{node.name} has no gradient rule", op=node.name,
-                            location=node.location())
-    ctx = GradContext(inputs, output, node.attrs, node.needs)
-    grads = tuple(rule(ctx, grad_out))
-    if len(grads) != len(inputs):
+        raise AutogradError(
+            f"{node.name} has no gradient rule", op=node.name, location=node.location()
+        )
+    grads = tuple(rule(_context(node, roots), grad_out))
+    if len(grads) != len(node.metas):
         raise GradientMismatchError(
             f"the gradient rule of {node.name} returned {len(grads)} gradients for "
-            f"{len(inputs)} inputs",
+            f"{len(node.metas)} inputs",
             op=node.name,
+            location=node.location(),
         )
-    if not retain_graph:
-        node.saved = None
-    return tuple(
-        fit_gradient(g, meta, node.name) if g is not None and need else None
-        for g, meta, need in zip(grads, node.input_metas, node.needs)
-    )
-
-
-def _run(
-    roots: Sequence[tuple[Any, Any]], retain_graph: bool, capture: Sequence[Any] | None
-) -> dict[Any, Any]:
-    """The scheduler shared by backward() and grad()."""
-    global _last_stats
-    start = time.perf_counter()
-    stats = BackwardStats()
-    captured_nodes = {t.grad_fn: t for t in capture or () if t.grad_fn is not None}
-    captured_leaves = {t for t in capture or () if t.grad_fn is None}
-    buffers: dict[Any, Any] = {}
-    leaf_grads: dict[Any, Any] = {}
-    result: dict[Any, Any] = {}
-
-    def send(target: Any, value: Any) -> None:
-        store = buffers if isinstance(target, Node) else leaf_grads
-        if target in store:
-            store[target] = store[target] + value
-            stats.accumulations += 1
+    fitted: list[Tensor | None] = []
+    for i, (value, meta, need) in enumerate(zip(grads, node.metas, node.needs)):
+        if not need:
+            fitted.append(None)
+        elif value is None:
+            raise MissingGradError(
+                f"the gradient rule of {node.name} returned no gradient for input "
+                f"{i} ({meta.type_str()}), which needs one",
+                op=node.name,
+                location=node.location(),
+            )
         else:
-            store[target] = value
-
-    root_nodes = []
-    for tensor, g in roots:
-        if tensor.grad_fn is None:
-            send(tensor, g)
-        else:
-            send(tensor.grad_fn, g)
-            root_nodes.append(tensor.grad_fn)
-    pending, stats.edges = _collect(root_nodes)
-    ready = [(-n.sequence, n) for n in set(root_nodes) if pending.get(n, 0) == 0]
-    heapq.heapify(ready)
-    with no_grad():
-        while ready:
-            stats.peak_ready = max(stats.peak_ready, len(ready))
-            _, node = heapq.heappop(ready)
-            grad_out = buffers.pop(node)
-            stats.nodes_run += 1
-            _deliver(node, grad_out, captured_nodes, result)
-            for target, g in zip(node.edges, _apply(node, grad_out, retain_graph)):
-                if target is None or g is None:
-                    continue
-                send(target, g)
-                if isinstance(target, Node):
-                    pending[target] -= 1
-                    if pending[target] == 0:
-                        heapq.heappush(ready, (-target.sequence, target))
-    stats.leaves = len(leaf_grads)
-    stats.seconds = time.perf_counter() - start
-    _last_stats = stats
-    logger.debug("%s", stats.summary())
-    if capture is None:
-        return leaf_grads
-    for leaf in captured_leaves:
-        if leaf in leaf_grads:
-            result[leaf] = leaf_grads[leaf]
-    return result
-
-
-def _deliver(node: Node, grad_out: Any, captured: dict[Node, Any], result: dict) -> None:
-    """Hand a finished gradient to grad() captures and to retain_grad tensors."""
-    if node in captured:
-        result[captured[node]] = grad_out
-    output = node.output_ref()
-    if output is not None and output._retains_grad:
-        output.grad = grad_out if output.grad is None else output.grad + grad_out
-
+            fitted.append(fit_gradient(value, meta, node.name))
+    return tuple(fitted)

@@ -57,7 +57,10 @@ def _shape(args: tuple[Any, ...]) -> tuple[int, ...]:
 
 
 def _finish(array: np.ndarray, requires_grad: bool) -> Tensor:
-    t = Tensor._from_array(np.ascontiguousarray(array))
+    # Not np.ascontiguousarray: it turns a 0-d array into shape (1,).
+    if not array.flags.c_contiguous:
+        array = np.array(array, order="C")
+    t = Tensor._from_array(array)
     if requires_grad:
         t.requires_grad_(True)
     return t
@@ -102,10 +105,10 @@ def from_numpy(array: np.ndarray) -> Tensor:
     """
     if not isinstance(array, np.ndarray):
         raise DTypeError(f"from_numpy expects a numpy array, got {type(array).__name__}")
-    dtype = dtypes.from_numpy_dtype(array.dtype)
     if not array.dtype.isnative:
         raise DTypeError("from_numpy: byte-swapped arrays are not supported",
                          hint="call arr.astype(arr.dtype.newbyteorder('='))")
+    dtype = dtypes.from_numpy_dtype(array.dtype)
     item = array.itemsize
     if any(s < 0 or s % item for s in array.strides):
         raise LayoutError(

@@ -18,7 +18,6 @@ writes a fresh dense tensor. The layout rules are in ``docs/layout.md``.
 from __future__ import annotations
 
 import builtins
-from collections import namedtuple
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -32,12 +31,18 @@ from ember.errors import (
 )
 from ember.ir import dtypes, layout
 from ember.ir import functions as F
+from ember.ir.dispatch import is_scalar
 from ember.ir.dtypes import DType
 from ember.ir.meta import TensorMeta
 from ember.ir.registry import Attrs, OpDef
 from ember.runtime import eager
+from ember.runtime.tensor_methods import TensorMethods
 
-MaxResult = namedtuple("MaxResult", ["values", "indices"])
+_INT_BOUNDS = {
+    d: (int(np.iinfo(d.np_dtype).min), int(np.iinfo(d.np_dtype).max))
+    for d in (dtypes.int32, dtypes.int64)
+}
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class Storage:
@@ -59,13 +64,12 @@ class Storage:
         return int(self.data.shape[0])
 
 
-class Tensor:
+class Tensor(TensorMethods):
     """An n-dimensional array with PyTorch-like semantics on numpy storage."""
 
     __ember_priority__ = 10
     __slots__ = ("_storage", "_meta", "_array", "requires_grad", "grad", "grad_fn",
                  "_retains_grad", "__weakref__")
-    __hash__ = object.__hash__
 
     _storage: Storage
     _meta: TensorMeta
@@ -117,51 +121,23 @@ class Tensor:
 
     @classmethod
     def __ember_constant__(cls, value: Any, dtype: DType) -> Tensor:
+        bounds = _INT_BOUNDS.get(dtype)
+        if bounds is not None and not bounds[0] <= value <= bounds[1]:
+            raise DTypeError(
+                f"the Python int {value} does not fit {dtype.name}, the dtype of the "
+                "tensor it is combined with",
+                expected=f"an int in [{bounds[0]}, {bounds[1]}]",
+                actual=value,
+                hint="convert the tensor first, e.g. .long() or .double()",
+            )
+        if dtype is dtypes.float32 and isinstance(value, float) and (
+            abs(value) > _FLOAT32_MAX
+        ):
+            # Rounds to infinity, as in PyTorch; numpy would warn about it.
+            value = np.inf if value > 0 else -np.inf
         return cls._from_array(np.asarray(value, dtype=dtype.np_dtype))
 
-    # Metadata -----------------------------------------------------------------------
-
-    @property
-    def meta(self) -> TensorMeta:
-        return self._meta
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self._meta.shape
-
-    @property
-    def dtype(self) -> DType:
-        return self._meta.dtype
-
-    @property
-    def strides(self) -> tuple[int, ...]:
-        return self._meta.strides
-
-    @property
-    def ndim(self) -> builtins.int:
-        return len(self._meta.shape)
-
-    def dim(self) -> builtins.int:
-        return len(self._meta.shape)
-
-    def size(self, dim: builtins.int | None = None) -> Any:
-        if dim is None:
-            return self._meta.shape
-        return self._meta.shape[layout.normalize_dim(dim, self.ndim, "size")]
-
-    def stride(self, dim: builtins.int | None = None) -> Any:
-        if dim is None:
-            return self._meta.strides
-        return self._meta.strides[layout.normalize_dim(dim, self.ndim, "stride")]
-
-    def numel(self) -> builtins.int:
-        return self._meta.numel
-
-    def storage_offset(self) -> builtins.int:
-        return self._meta.offset
-
-    def is_contiguous(self) -> builtins.bool:
-        return self._meta.is_contiguous()
+    # Storage ------------------------------------------------------------------------
 
     def data_ptr(self) -> builtins.int:
         """Address of this tensor's first element: equal for aliasing views."""
@@ -175,15 +151,6 @@ class Tensor:
     @property
     def is_leaf(self) -> builtins.bool:
         return self.grad_fn is None
-
-    @property
-    def is_floating_point(self) -> builtins.bool:
-        return self.dtype.is_floating_point
-
-    def __len__(self) -> builtins.int:
-        if not self.shape:
-            raise TypeError("len() of a 0-d tensor")
-        return self.shape[0]
 
     # Data access --------------------------------------------------------------------
 
@@ -259,243 +226,11 @@ class Tensor:
             extra.append("requires_grad=True")
         return f"tensor({body}{''.join(', ' + e for e in extra)})"
 
-    # Copies and casts ---------------------------------------------------------------
-
-    def contiguous(self) -> Tensor:
-        return F.contiguous(self)
-
-    def clone(self) -> Tensor:
-        return F.clone(self)
-
-    def to(self, dtype: Any) -> Tensor:
-        dtype = dtypes.as_dtype(dtype)
-        return self if dtype is self.dtype else F.cast(self, dtype)
-
-    def type_as(self, other: Tensor) -> Tensor:
-        return self.to(other.dtype)
-
-    def float(self) -> Tensor:
-        return self.to(dtypes.float32)
-
-    def double(self) -> Tensor:
-        return self.to(dtypes.float64)
-
-    def int(self) -> Tensor:
-        return self.to(dtypes.int32)
-
-    def long(self) -> Tensor:
-        return self.to(dtypes.int64)
-
-    def bool(self) -> Tensor:
-        return self.to(dtypes.bool_)
-
-    # Views --------------------------------------------------------------------------
-
-    def view(self, *shape: Any) -> Tensor:
-        return F.view(self, *shape)
-
-    def reshape(self, *shape: Any) -> Tensor:
-        return F.reshape(self, *shape)
-
-    def permute(self, *dims: Any) -> Tensor:
-        return F.permute(self, *dims)
-
-    def transpose(self, dim0: builtins.int, dim1: builtins.int) -> Tensor:
-        return F.transpose(self, dim0, dim1)
-
-    @property
-    def T(self) -> Tensor:  # noqa: N802 - PyTorch's name
-        return F.permute(self, *reversed(range(self.ndim)))
-
-    @property
-    def mT(self) -> Tensor:  # noqa: N802 - PyTorch's name
-        if self.ndim < 2:
-            raise ShapeError(f".mT needs at least 2 dimensions, got shape {self.shape}",
-                             op="mT")
-        return F.transpose(self, -2, -1)
-
-    def expand(self, *shape: Any) -> Tensor:
-        return F.expand(self, *shape)
-
-    def expand_as(self, other: Tensor) -> Tensor:
-        return F.expand(self, other.shape)
-
-    def broadcast_to(self, shape: Sequence[builtins.int]) -> Tensor:
-        return F.broadcast_to(self, shape)
-
-    def squeeze(self, dim: Any = None) -> Tensor:
-        return F.squeeze(self, dim)
-
-    def unsqueeze(self, dim: builtins.int) -> Tensor:
-        return F.unsqueeze(self, dim)
-
-    def flatten(self, start_dim: builtins.int = 0, end_dim: builtins.int = -1) -> Tensor:
-        return F.flatten(self, start_dim, end_dim)
-
-    def narrow(self, dim: builtins.int, start: builtins.int, length: builtins.int) -> Tensor:
-        return F.narrow(self, dim, start, length)
-
-    def select(self, dim: builtins.int, index: builtins.int) -> Tensor:
-        return F.select(self, dim, index)
-
-    def __getitem__(self, index: Any) -> Tensor:
-        from ember.runtime.indexing import apply_index
-
-        return apply_index(self, index)
-
-    def __setitem__(self, index: Any, value: Any) -> None:
-        from ember.runtime.indexing import apply_index
-
-        apply_index(self, index).copy_(value)
-
-    # Reductions ---------------------------------------------------------------------
-
-    def sum(self, dim: Any = None, keepdim: builtins.bool = False) -> Tensor:
-        return F.sum(self, dim, keepdim)
-
-    def mean(self, dim: Any = None, keepdim: builtins.bool = False) -> Tensor:
-        return F.mean(self, dim, keepdim)
-
-    def var(self, dim: Any = None, *, correction: builtins.int = 1,
-        keepdim: builtins.bool = False,
-    ) -> Tensor:
-        return F.var(self, dim, correction=correction, keepdim=keepdim)
-
-    def amax(self, dim: Any = None, keepdim: builtins.bool = False) -> Tensor:
-        return F.amax(self, dim, keepdim)
-
-    def amin(self, dim: Any = None, keepdim: builtins.bool = False) -> Tensor:
-        return F.amin(self, dim, keepdim)
-
-    def max(self, dim: Any = None, keepdim: builtins.bool = False) -> Any:
-        """``max()`` of all elements, ``max(dim)`` as (values, indices), or
-        ``max(other)`` elementwise, as in PyTorch."""
-        if isinstance(dim, Tensor):
-            return F.maximum(self, dim)
-        if dim is None:
-            return F.amax(self)
-        return MaxResult(F.amax(self, dim, keepdim), F.argmax(self, dim, keepdim))
-
-    def min(self, dim: Any = None, keepdim: builtins.bool = False) -> Any:
-        """``min()``, ``min(dim)`` as (values, indices), or ``min(other)``."""
-        if isinstance(dim, Tensor):
-            return F.minimum(self, dim)
-        if dim is None:
-            return F.amin(self)
-        return MaxResult(F.amin(self, dim, keepdim), F.argmin(self, dim, keepdim))
-
-    def argmax(self, dim: builtins.int | None = None, keepdim: builtins.bool = False) -> Tensor:
-        return F.argmax(self, dim, keepdim)
-
-    def argmin(self, dim: builtins.int | None = None, keepdim: builtins.bool = False) -> Tensor:
-        return F.argmin(self, dim, keepdim)
-
-    def softmax(self, dim: builtins.int) -> Tensor:
-        return F.softmax(self, dim)
-
-    def log_softmax(self, dim: builtins.int) -> Tensor:
-        return F.log_softmax(self, dim)
-
-    # Pointwise ----------------------------------------------------------------------
-
-    def exp(self) -> Tensor:
-        return F.exp(self)
-
-    def log(self) -> Tensor:
-        return F.log(self)
-
-    def sqrt(self) -> Tensor:
-        return F.sqrt(self)
-
-    def rsqrt(self) -> Tensor:
-        return F.rsqrt(self)
-
-    def abs(self) -> Tensor:
-        return F.abs(self)
-
-    def neg(self) -> Tensor:
-        return F.neg(self)
-
-    def relu(self) -> Tensor:
-        return F.relu(self)
-
-    def sigmoid(self) -> Tensor:
-        return F.sigmoid(self)
-
-    def tanh(self) -> Tensor:
-        return F.tanh(self)
-
-    def gelu(self) -> Tensor:
-        return F.gelu(self)
-
-    def pow(self, exponent: Any) -> Tensor:
-        return F.pow(self, exponent)
-
-    def clamp(self, min: Any = None, max: Any = None) -> Tensor:  # noqa: A002
-        return F.clamp(self, min, max)
-
-    def maximum(self, other: Any) -> Tensor:
-        return F.maximum(self, other)
-
-    def minimum(self, other: Any) -> Tensor:
-        return F.minimum(self, other)
-
-    def matmul(self, other: Tensor) -> Tensor:
-        return F.matmul(self, other)
-
-    __add__ = F.add
-    __sub__ = F.sub
-    __mul__ = F.mul
-    __truediv__ = F.div
-    __pow__ = F.pow
-    __matmul__ = F.matmul
-    __neg__ = F.neg
-    __abs__ = F.abs
-    __eq__ = F.eq  # type: ignore[assignment]
-    __ne__ = F.ne  # type: ignore[assignment]
-    __lt__ = F.lt
-    __le__ = F.le
-    __gt__ = F.gt
-    __ge__ = F.ge
-    add = F.add
-    sub = F.sub
-    mul = F.mul
-    div = F.div
-
-    def __radd__(self, other: Any) -> Tensor:
-        return F.add(other, self)
-
-    def __rsub__(self, other: Any) -> Tensor:
-        return F.sub(other, self)
-
-    def __rmul__(self, other: Any) -> Tensor:
-        return F.mul(other, self)
-
-    def __rtruediv__(self, other: Any) -> Tensor:
-        return F.div(other, self)
-
-    def __rpow__(self, other: Any) -> Tensor:
-        return F.pow(other, self)
-
-    def __rmatmul__(self, other: Any) -> Tensor:
-        return F.matmul(other, self)
-
-    def __and__(self, other: Any) -> Tensor:
-        return F.logical_and(self, other)
-
-    def __or__(self, other: Any) -> Tensor:
-        return F.logical_or(self, other)
-
-    def __invert__(self) -> Tensor:
-        if self.dtype is not dtypes.bool_:
-            raise DTypeError("~ is only defined for bool tensors here", op="invert",
-                             actual=self.dtype.name)
-        return F.logical_not(self)
-
     # In-place -----------------------------------------------------------------------
 
-    def _write(self, result: Any, op: str) -> Tensor:
-        """Write ``result`` into this tensor's memory, through any view."""
+    def _check_target(self, op: str) -> None:
+        """This tensor can be written: autograd allows it, its memory is writable
+        and none of its elements share memory (docs/layout.md, L4)."""
         from ember.runtime import autograd
 
         if autograd.is_grad_enabled() and self.requires_grad:
@@ -505,37 +240,35 @@ class Tensor:
                 hint="wrap the update in `with ember.no_grad():`, or use the "
                 "out-of-place form (x = x + y)",
             )
-        if result.dtype.category > self.dtype.category:
-            raise DTypeError(
-                f"{op}: result type {result.dtype.name} cannot be stored in a "
-                f"{self.dtype.name} tensor",
-                op=op,
-                expected=f"a value that casts to {self.dtype.name} without loss of kind",
-                actual=result.dtype.name,
-                hint=f"convert explicitly, e.g. other.to(ember.{self.dtype.name})",
-            )
-        if layout.has_internal_overlap(self.shape, self.strides):
+        if not self._storage.data.flags.writeable:
             raise LayoutError(
-                f"{op}: cannot write into {self._meta!r}: several of its elements share "
-                "one memory location (it was expanded or broadcast)",
+                f"{op}: cannot write into {self._meta.type_str()}: its memory is "
+                "read-only",
                 op=op,
-                expected="a tensor without stride-0 dimensions",
-                actual=f"strides {self.strides}",
-                hint="call .clone() or .contiguous() first and write into the copy",
+                expected="writable memory",
+                actual="a read-only numpy buffer (from_numpy)",
+                hint="from_numpy shares the array's memory; pass a writable array, "
+                "e.g. arr.copy()",
             )
+        super()._check_target(op)
+
+    def _write(self, result: Any, op: str) -> Tensor:
+        """Write ``result`` into this tensor's memory, through any view."""
+        from ember.runtime import autograd
+
+        self._check_target(op)
+        if autograd.is_grad_enabled() and result.requires_grad:
+            # ember records no in-place ops, so the written value's gradient would
+            # be lost without a trace.
+            raise AutogradError(
+                f"{op}: writing a value that requires grad into {self.meta.type_str()}, "
+                "which does not: autograd does not track in-place writes",
+                op=op,
+                hint="build the tensor out of place (ember.cat, ember.stack, "
+                "ember.where), or write value.detach() if no gradient is wanted",
+            )
+        self._check_write(result, op)
         target = self.numpy()
-        try:
-            shape = layout.broadcast_shapes(result.shape, self.shape, op=op)
-        except ShapeError:
-            shape = None
-        if shape != self.shape:
-            raise ShapeError(
-                f"{op}: a value of shape {result.shape} cannot be written into a tensor "
-                f"of shape {self.shape}",
-                op=op,
-                expected=f"a shape that broadcasts to {self.shape}",
-                actual=result.shape,
-            )
         source = result.numpy()
         if np.shares_memory(source, target):
             source = source.copy()
@@ -543,42 +276,67 @@ class Tensor:
         self._storage.version += 1
         return self
 
+    def __setitem__(self, index: Any, value: Any) -> None:
+        from ember.runtime.indexing import apply_index
+
+        apply_index(self, index).copy_(value)
+
     def copy_(self, src: Any) -> Tensor:
         """Copy ``src`` (a tensor, array or number; broadcast and cast) into this one."""
-        if not isinstance(src, Tensor):
-            src = Tensor._from_array(np.array(src, dtype=self.dtype.np_dtype, order="C"))
-        elif src.dtype is not self.dtype:
-            src = F.cast(src.detach(), self.dtype)
-        return self._write(src, "copy_")
+        return self._copy_from(src, "copy_")
 
     def fill_(self, value: Any) -> Tensor:
-        return self.copy_(value)
+        """Set every element to ``value``: a number or a 0-d tensor."""
+        if isinstance(value, Tensor) and value.ndim:
+            raise ShapeError(
+                f"fill_: the value must be a number or a 0-d tensor, got shape "
+                f"{value.shape}",
+                op="fill_",
+                expected="a number or a 0-d tensor",
+                actual=value.shape,
+                hint="use copy_() to write a tensor of values",
+            )
+        if not isinstance(value, Tensor) and not is_scalar(value):
+            raise DTypeError(
+                f"fill_: the value must be a number or a 0-d tensor, got "
+                f"{type(value).__name__}",
+                op="fill_",
+                expected="a number or a 0-d tensor",
+                actual=repr(value)[:80],
+            )
+        return self._copy_from(value, "fill_")
 
     def zero_(self) -> Tensor:
-        return self.fill_(0)
+        """Set every element to zero."""
+        return self._copy_from(0, "zero_")
 
-    def add_(self, other: Any, alpha: builtins.float = 1) -> Tensor:
-        return self._write(F.add(self, other if alpha == 1 else F.mul(other, alpha)), "add_")
-
-    def sub_(self, other: Any, alpha: builtins.float = 1) -> Tensor:
-        return self._write(F.sub(self, other if alpha == 1 else F.mul(other, alpha)), "sub_")
-
-    def mul_(self, other: Any) -> Tensor:
-        return self._write(F.mul(self, other), "mul_")
-
-    def div_(self, other: Any) -> Tensor:
-        return self._write(F.div(self, other), "div_")
-
-    def clamp_(self, min: Any = None, max: Any = None) -> Tensor:  # noqa: A002
-        return self._write(F.clamp(self, min, max), "clamp_")
-
-    def relu_(self) -> Tensor:
-        return self._write(F.relu(self), "relu_")
-
-    __iadd__ = add_
-    __isub__ = sub_
-    __imul__ = mul_
-    __itruediv__ = div_
+    def _copy_from(self, src: Any, op: str) -> Tensor:
+        self._check_target(op)
+        if isinstance(src, Tensor):
+            self._check_result(self.dtype, src.shape, op)
+            if src.dtype is not self.dtype:
+                src = F.cast(src, self.dtype)
+            return self._write(src, op)
+        if not (is_scalar(src) or isinstance(src, (list, tuple, np.ndarray))):
+            raise DTypeError(
+                f"{op}: expected a tensor, an array or a number, got {type(src).__name__}",
+                op=op,
+                expected="a tensor, a numpy array, a (nested) list or a number",
+                actual=repr(src)[:80],
+            )
+        try:
+            array = np.asarray(src)
+            if array.dtype.kind not in "biuf":
+                raise TypeError(f"elements of type {array.dtype}")
+            array = np.array(array, dtype=self.dtype.np_dtype, order="C")
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise DTypeError(
+                f"{op}: cannot convert the value to {self.dtype.name}: {exc}",
+                op=op,
+                expected=f"numbers that fit {self.dtype.name}",
+                actual=repr(src)[:80],
+            ) from None
+        return self._write(Tensor._from_array(array), op)
 
     # Autograd -----------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ def _require_float(metas: Sequence[TensorMeta], op: str) -> None:
     for m in metas:
         if not m.dtype.is_floating_point:
             raise DTypeError(
-                f"{op}: needs floating-point tensors, got {m.dtype.name}",
+                f"{op}: needs floating-point tensors, got {m.type_str()}",
                 op=op,
                 expected="float32 or float64",
                 actual=m.dtype.name,
@@ -127,7 +127,9 @@ def _loss_meta(op: str):
 
 def _reduce(values: np.ndarray, reduction: str) -> np.ndarray:
     if reduction == "mean":
-        return np.asarray(np.mean(values))
+        # sum / size rather than np.mean, which warns on empty input; 0 / 0 is NaN.
+        with np.errstate(all="ignore"):
+            return np.asarray(np.sum(values) / values.size)
     if reduction == "sum":
         return np.asarray(np.sum(values))
     return values

@@ -33,7 +33,17 @@ def matmul_shape(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...]:
             actual=b2[-2],
             hint="transpose one operand (.mT) or check the layer sizes",
         )
-    batch = broadcast_shapes(a2[:-2], b2[:-2], op="matmul")
+    try:
+        batch = broadcast_shapes(a2[:-2], b2[:-2], op="matmul")
+    except ShapeError as error:
+        raise ShapeError(
+            f"matmul: the batch dimensions of shapes {tuple(a)} and {tuple(b)} cannot "
+            f"be broadcast: {a2[:-2]} against {b2[:-2]}",
+            op="matmul",
+            expected="batch sizes that are equal or 1",
+            actual=(a2[:-2], b2[:-2]),
+            hint="unsqueeze or expand one operand's batch dimensions",
+        ) from error
     shape = batch + (a2[-2], b2[-1])
     if len(a) == 1:
         shape = shape[:-2] + shape[-1:]
@@ -46,15 +56,16 @@ def _matmul_meta(metas: Sequence[TensorMeta], attrs: Attrs) -> TensorMeta:
     a, b = metas
     if a.dtype is not b.dtype:
         raise DTypeError(
-            f"matmul: operands must have the same dtype, got {a.dtype.name} and "
-            f"{b.dtype.name}",
+            f"matmul: operands must have the same dtype, got {a.type_str()} and "
+            f"{b.type_str()}",
             op="matmul",
             expected=a.dtype.name,
             actual=b.dtype.name,
             hint=f"convert one operand, e.g. .to(ember.{a.dtype.name})",
         )
     if a.dtype is dtypes.bool_:
-        raise DTypeError("matmul: bool tensors are not supported", op="matmul",
+        raise DTypeError(f"matmul: bool tensors are not supported, got {a.type_str()} "
+                         f"and {b.type_str()}", op="matmul",
                          hint="convert with .float() first")
     return TensorMeta.contiguous(matmul_shape(a.shape, b.shape), a.dtype)
 

@@ -56,7 +56,8 @@ def pointwise_meta(rule: str, name: str, allow_bool: bool = True) -> Callable:
         _, out = dtype_plan(rule, metas, name)
         if not allow_bool and any(m.dtype is dtypes.bool_ for m in metas):
             raise DTypeError(
-                f"{name}: bool tensors are not supported",
+                f"{name}: bool tensors are not supported, got "
+                f"{', '.join(m.type_str() for m in metas)}",
                 op=name,
                 actual="bool",
                 hint="convert with .int() or .float() first",
@@ -188,7 +189,7 @@ def _where_meta(metas: Sequence[TensorMeta], attrs: Attrs) -> TensorMeta:
     cond, x, y = metas
     if cond.dtype is not dtypes.bool_:
         raise DTypeError(
-            f"where: the condition must be bool, got {cond.dtype.name}",
+            f"where: the condition must be bool, got {cond.type_str()}",
             op="where",
             expected="bool",
             actual=cond.dtype.name,

@@ -13,7 +13,7 @@ import numpy as np
 
 from ember.errors import DTypeError, ShapeError
 from ember.ir import dtypes
-from ember.ir.layout import normalize_dim, normalize_dims
+from ember.ir.layout import normalize_dim, normalize_dims, numel
 from ember.ir.meta import TensorMeta
 from ember.ir.registry import Attrs, OpDef, OpKind, register
 
@@ -34,7 +34,7 @@ def _dims(meta: TensorMeta, attrs: Attrs, op: str) -> tuple[int, ...]:
 def _require_float(meta: TensorMeta, op: str) -> None:
     if not meta.dtype.is_floating_point:
         raise DTypeError(
-            f"{op}: needs a floating-point tensor, got {meta.dtype.name}",
+            f"{op}: needs a floating-point tensor, got {meta.type_str()}",
             op=op,
             expected="float32 or float64",
             actual=meta.dtype.name,
@@ -42,8 +42,21 @@ def _require_float(meta: TensorMeta, op: str) -> None:
         )
 
 
+def _axes(x: np.ndarray, attrs: Attrs) -> tuple[int, ...] | None:
+    """The numpy ``axis`` for ``attrs['dims']``: a 0-d tensor reduces no axis."""
+    dims = attrs.get("dims")
+    if dims is None:
+        return None
+    return () if x.ndim == 0 else tuple(dims)
+
+
+def _count(x: np.ndarray, axes: tuple[int, ...] | None) -> int:
+    return x.size if axes is None else numel(x.shape[d] for d in axes)
+
+
 def _require_nonempty(meta: TensorMeta, dims: Sequence[int], op: str) -> None:
-    if any(meta.shape[d] == 0 for d in dims) or (not dims and meta.numel == 0):
+    # A 0-d tensor accepts dim 0 or -1 but has no dimension to be empty.
+    if any(meta.shape[d] == 0 for d in dims if d < meta.ndim):
         raise ShapeError(
             f"{op}: cannot reduce an empty dimension of shape {meta.shape} "
             "(the result has no identity)",
@@ -64,7 +77,7 @@ def _sum_reference(arrays: Sequence[np.ndarray], attrs: Attrs) -> np.ndarray:
     (x,) = arrays
     out = x.dtype if x.dtype.kind == "f" else np.int64
     return np.asarray(
-        np.sum(x, axis=attrs["dims"], keepdims=attrs["keepdim"], dtype=out)
+        np.sum(x, axis=_axes(x, attrs), keepdims=attrs["keepdim"], dtype=out)
     )
 
 
@@ -80,7 +93,8 @@ def _extreme_meta(op: str):
 
 def _extreme_reference(fn):
     def reference(arrays: Sequence[np.ndarray], attrs: Attrs) -> np.ndarray:
-        return np.asarray(fn(arrays[0], axis=attrs["dims"], keepdims=attrs["keepdim"]))
+        x = arrays[0]
+        return np.asarray(fn(x, axis=_axes(x, attrs), keepdims=attrs["keepdim"]))
 
     return reference
 
@@ -89,11 +103,12 @@ def _arg_meta(op: str):
     def meta(metas: Sequence[TensorMeta], attrs: Attrs) -> TensorMeta:
         (x,) = metas
         if x.dtype is dtypes.bool_:
-            raise DTypeError(f"{op}: bool tensors are not supported", op=op,
+            raise DTypeError(f"{op}: bool tensors are not supported, got "
+                             f"{x.type_str()}", op=op,
                              hint="convert with .int() first")
         dim = attrs.get("dim")
         if dim is None:
-            _require_nonempty(x, (), op)
+            _require_nonempty(x, range(x.ndim), op)
             shape = (1,) * x.ndim if attrs["keepdim"] else ()
         else:
             dim = normalize_dim(dim, x.ndim, op)
@@ -126,8 +141,11 @@ def _mean_meta(metas: Sequence[TensorMeta], attrs: Attrs) -> TensorMeta:
 
 def _mean_reference(arrays: Sequence[np.ndarray], attrs: Attrs) -> np.ndarray:
     (x,) = arrays
+    axes = _axes(x, attrs)
+    # sum / count rather than np.mean, which warns on empty input; 0 / 0 is NaN.
     with np.errstate(all="ignore"):
-        return np.asarray(np.mean(x, axis=attrs["dims"], keepdims=attrs["keepdim"]))
+        total = np.sum(x, axis=axes, keepdims=attrs["keepdim"])
+        return np.asarray(total / _count(x, axes)).astype(x.dtype, copy=False)
 
 
 def _var_meta(metas: Sequence[TensorMeta], attrs: Attrs) -> TensorMeta:
@@ -143,11 +161,15 @@ def _var_meta(metas: Sequence[TensorMeta], attrs: Attrs) -> TensorMeta:
 
 def _var_reference(arrays: Sequence[np.ndarray], attrs: Attrs) -> np.ndarray:
     (x,) = arrays
+    axes = _axes(x, attrs)
+    count = _count(x, axes)
+    # Two passes, as np.var does, but without its warnings; a divisor of 0 gives
+    # inf or NaN as in PyTorch.
+    divisor = max(count - attrs.get("correction", 1), 0)
     with np.errstate(all="ignore"):
-        return np.asarray(
-            np.var(x, axis=attrs["dims"], keepdims=attrs["keepdim"],
-                   ddof=attrs.get("correction", 1))
-        ).astype(x.dtype, copy=False)
+        mean = np.sum(x, axis=axes, keepdims=True) / count
+        squares = np.sum(np.square(x - mean), axis=axes, keepdims=attrs["keepdim"])
+        return np.asarray(squares / divisor).astype(x.dtype, copy=False)
 
 
 register(OpDef("sum", OpKind.REDUCTION, _sum_meta, _sum_reference, num_inputs=1,

@@ -13,6 +13,7 @@ import numpy as np
 
 from ember.errors import IndexingError, ShapeError, StrideError
 from ember.ir.layout import (
+    check_slice_step,
     expand_strides,
     normalize_dim,
     normalize_dims,
@@ -36,15 +37,45 @@ def _view_meta(metas: Sequence[TensorMeta], attrs: Attrs) -> TensorMeta:
     strides = view_strides(x.shape, x.strides, shape)
     if strides is None:
         raise StrideError(
-            f"view{shape} on {x.type_str()} with strides {x.strides}: the existing "
-            "strides cannot express the new shape (a merged dimension would span "
-            "two strides)",
+            f"view{shape} on {x.type_str()} with strides {x.strides}: "
+            f"{_view_conflict(x, shape)}",
             op="view",
             expected="dimensions to merge or split that are contiguous with each other",
             actual=f"strides {x.strides}",
             hint="call .reshape() (copies when needed) or .contiguous() first",
         )
     return TensorMeta(shape, x.dtype, strides, x.offset)
+
+
+def _view_conflict(x: TensorMeta, shape: tuple[int, ...]) -> str:
+    """Name the first new dimension whose elements no single stride can step through.
+
+    In row-major order, dim ``d`` of a shape steps over blocks of ``prod(shape[d+1:])``
+    elements. A new dim can be a view only if the old dims whose blocks it overlaps
+    are contiguous with each other (docs/layout.md, rule L3).
+    """
+    old = [i for i, size in enumerate(x.shape) if size > 1]
+
+    def block(dims: Sequence[int], d: int) -> tuple[int, int]:
+        inner = numel(dims[d + 1 :])
+        return inner, inner * dims[d]
+
+    for d, size in enumerate(shape):
+        if size <= 1:
+            continue
+        low, high = block(shape, d)
+        spanned = [
+            i for i in old if block(x.shape, i)[0] < high and low < block(x.shape, i)[1]
+        ]
+        pairs = zip(spanned, spanned[1:])
+        if any(x.strides[a] != x.strides[b] * x.shape[b] for a, b in pairs):
+            names = ", ".join(map(str, spanned))
+            strides = ", ".join(str(x.strides[i]) for i in spanned)
+            return (
+                f"dimension {d} of the new shape (size {size}) spans dimensions "
+                f"{names} (strides {strides}), which are not contiguous with each other"
+            )
+    return "the existing strides cannot express the new shape"
 
 
 def _permute_meta(metas: Sequence[TensorMeta], attrs: Attrs) -> TensorMeta:
@@ -86,20 +117,12 @@ def _expand_meta(metas: Sequence[TensorMeta], attrs: Attrs) -> TensorMeta:
 
 def _slice_meta(metas: Sequence[TensorMeta], attrs: Attrs) -> TensorMeta:
     (x,) = metas
-    dim = normalize_dim(attrs["dim"], x.ndim, "slice")
     if x.ndim == 0:
         raise IndexingError("slice: cannot slice a 0-d tensor", op="slice")
+    dim = normalize_dim(attrs["dim"], x.ndim, "slice", shape=x.shape)
     start, stop, step = attrs["start"], attrs["stop"], attrs["step"]
     size = x.shape[dim]
-    if step <= 0:
-        raise IndexingError(
-            f"slice: step must be positive, got {step} (ember has no negative strides)",
-            op="slice",
-            expected="step >= 1",
-            actual=step,
-            hint="slice with a positive step; reversing a dimension is not supported "
-            "(docs/limitations.md)",
-        )
+    check_slice_step(step, "slice")
     if not 0 <= start <= stop <= size:
         raise IndexingError(
             f"slice: range [{start}:{stop}] is outside dimension {dim} of size {size}",
@@ -123,7 +146,8 @@ def _select_meta(metas: Sequence[TensorMeta], attrs: Attrs) -> TensorMeta:
     index, size = attrs["index"], x.shape[dim]
     if not -size <= index < size:
         raise IndexingError(
-            f"index {index} is out of range for dimension {dim} of size {size}",
+            f"select: index {index} is out of range for dimension {dim} (size {size}) "
+            f"of a tensor of shape {x.shape}",
             op="select",
             expected=f"an index in [{-size}, {size - 1}]",
             actual=index,
@@ -183,7 +207,10 @@ def _ref_slice(arrays: Sequence[np.ndarray], attrs: Attrs) -> np.ndarray:
 
 
 def _ref_select(arrays: Sequence[np.ndarray], attrs: Attrs) -> np.ndarray:
-    return np.take(arrays[0], attrs["index"], axis=attrs["dim"])
+    # Basic indexing, not np.take: the result must be a view, and the trailing
+    # ellipsis keeps a 0-d result a view too (a full integer index gives a scalar).
+    index = (slice(None),) * attrs["dim"] + (attrs["index"], Ellipsis)
+    return arrays[0][index]
 
 
 def _ref_unsqueeze(arrays: Sequence[np.ndarray], attrs: Attrs) -> np.ndarray:

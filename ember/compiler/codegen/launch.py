@@ -1,0 +1,443 @@
+"""Compile kernels (through the cache) and call them safely from Python.
+
+:func:`compile_kernel` returns a :class:`CompiledKernel`. Calling it checks every
+argument against what the kernel was compiled for (dtype, shape, strides, storage
+bounds, writability, and that outputs overlap nothing else) and raises
+:class:`~ember.errors.SignatureError` before any native code runs. Native code only
+ever sees pointers to memory that check vouched for.
+
+Two calling conventions:
+
+* ``kernel(*arrays)`` takes numpy arrays laid out exactly like the buffers (same
+  shape, same strides in elements; an expanded input is a stride-0 view such as
+  ``np.broadcast_to``). The buffer's offset is implied by the view.
+* ``kernel.call_storage(*storages)`` takes flat 1-D storages, the way ember tensors
+  hold their data; the kernel applies each buffer's offset and strides.
+
+Large kernels split the range of their first outer loop into chunks that the calling
+thread and the persistent workers of a thread pool claim one at a time inside native
+code (ctypes releases the GIL during the call). A worker that has not started by the
+time the caller has claimed every chunk is cancelled, so a busy machine costs at most
+one chunk of waiting, never a thread's whole share. Reductions without outer loops
+split their first reduced axis instead, into a number of chunks that depends only on
+its extent, and combine the partial results in chunk order: the result is the same
+for every thread count. Launches without an explicit ``threads`` pick one thread or
+all of them from their own timings (:class:`ThreadChooser`), since a second thread
+only helps when a core is free.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import ctypes
+import functools
+import logging
+import os
+import statistics
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ember.compiler import cache
+from ember.compiler.codegen import emit, target
+from ember.compiler.kernel import Buffer, LoopKernel
+from ember.errors import SignatureError
+from ember.ir import layout
+
+logger = logging.getLogger("ember.compiler.codegen")
+
+#: Kernels that touch fewer domain points than this run on the calling thread only.
+#: Measured with ``benchmarks/bench_kernels.py --threshold``: the pointwise chain
+#: (tanh and friends, about 0.4 ns a point) gains from two threads from 2**19 points
+#: on, loses below 2**18 (docs/codegen.md has the table).
+PARALLEL_THRESHOLD = 1 << 19
+#: Chunks per thread of a parallel kernel, and the fewest domain points a chunk gets.
+#: Short chunks even out a thread that starts late and shorten the wait for a thread
+#: preempted inside its last chunk; each costs one atomic increment and one call.
+CHUNKS_PER_THREAD = 32
+CHUNK_POINTS_MIN = 1 << 14
+#: Outer-less reductions split their first reduced axis into one chunk per this many
+#: domain points, at most PARTIAL_CHUNKS_MAX chunks (which keeps the summation bound
+#: of docs/codegen.md), whatever the thread count.
+PARTIAL_CHUNK_POINTS = 1 << 16
+PARTIAL_CHUNKS_MAX = 32
+
+_MAIN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
+_PARTIAL = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                            ctypes.c_void_p)
+_FINISH = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
+_CHUNKS = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                           ctypes.c_int64)
+_PARTIAL_CHUNKS = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p,
+                                   ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p)
+
+_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+@functools.cache
+def default_threads() -> int:
+    """How many threads large kernels use: the CPUs this process may run on (read
+    once: the affinity call costs microseconds on every launch otherwise)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - platforms without affinity
+        return max(1, os.cpu_count() or 1)
+
+
+def _worker_pool() -> concurrent.futures.ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=max(1, default_threads() - 1), thread_name_prefix="ember-kernel"
+            )
+        return _pool
+
+
+def compile_kernel(kernel: LoopKernel) -> CompiledKernel:
+    """Compile ``kernel`` for the host CPU, reusing the memory and disk caches.
+
+        >>> from ember.compiler.kernel import Buffer, Store, load, op, float32
+        >>> x = Buffer("x", float32, (4,), (1,))
+        >>> y = Buffer.dense("y", float32, (4,))
+        >>> k = compile_kernel(LoopKernel("double", (x, y), (4,), (),
+        ...                               (Store("y", op("add", load(x), load(x))),)))
+        >>> out = np.empty(4, np.float32)
+        >>> k(np.arange(4, dtype=np.float32), out)
+        >>> out.tolist()
+        [0.0, 2.0, 4.0, 6.0]
+    """
+    emitted = emit.emit_kernel(kernel)
+    key = cache.cache_key(emitted.llvm_ir, target.toolchain_description(),
+                          emit.CODEGEN_VERSION)
+    found = cache.memory_get(key)
+    if found is not None:
+        return found if found.kernel == kernel else found.rebind(kernel)
+    code = cache.disk_get(key)
+    origin = "disk"
+    module = None
+    if code is None:
+        origin = "compiled"
+        module = target.optimize(emitted.llvm_ir, kernel.name)
+        code = target.emit_object(module)
+        cache.disk_put(key, code)
+    logger.debug("kernel %s: %s (key %s)", kernel.name, origin, key[:16])
+    compiled = CompiledKernel(emitted, key, code, origin, module)
+    return cache.memory_put(key, compiled)
+
+
+class CompiledKernel:
+    """A kernel in native code, callable on numpy arrays; see the module docstring."""
+
+    def __init__(self, emitted: emit.EmittedKernel, key: str, code: bytes, origin: str,
+                 module: Any = None) -> None:
+        self.emitted = emitted
+        self.kernel = emitted.kernel
+        self.key = key
+        self.origin = origin
+        self._module = module
+        sym = emitted.symbol
+        symbols = [sym, f"{sym}.chunks"]
+        if emitted.partial_extent:
+            symbols += [f"{sym}.partial", f"{sym}.partial.chunks", f"{sym}.finish"]
+        self._engine, addresses = target.load_object(code, symbols)
+        self._main = _MAIN(addresses[sym])
+        self._chunks = _CHUNKS(addresses[f"{sym}.chunks"])
+        self._partial = self._partial_chunks = self._finish = None
+        if emitted.partial_extent:
+            self._partial = _PARTIAL(addresses[f"{sym}.partial"])
+            self._partial_chunks = _PARTIAL_CHUNKS(addresses[f"{sym}.partial.chunks"])
+            self._finish = _FINISH(addresses[f"{sym}.finish"])
+        self._checks = [_BufferCheck(b) for b in self.kernel.buffers]
+        self._runs = layout.numel(emitted.loops.outer) > 0
+        self._points = layout.numel(emitted.loops.domain)
+        self._chooser = ThreadChooser()
+
+    def rebind(self, kernel: LoopKernel) -> CompiledKernel:
+        """This machine code under another kernel with the same code (e.g. a new name)."""
+        twin = object.__new__(CompiledKernel)
+        twin.__dict__.update(self.__dict__)
+        twin.kernel = kernel
+        twin._checks = [_BufferCheck(b) for b in kernel.buffers]
+        return twin
+
+    # Calling --------------------------------------------------------------------------
+
+    def __call__(self, *arrays: np.ndarray, threads: int | None = None) -> None:
+        """Run on arrays laid out exactly like the kernel's buffers (outputs included)."""
+        pointers = [c.check_view(a) for c, a in zip(self._checks, self._arity(arrays))]
+        self._check_overlap(arrays)
+        self._launch(pointers, threads)
+
+    def call_storage(self, *storages: np.ndarray, threads: int | None = None) -> None:
+        """Run on flat storages; each buffer's offset and strides address into its own."""
+        pointers = [c.check_storage(s) for c, s in zip(self._checks, self._arity(storages))]
+        self._check_overlap(storages, storage=True)
+        self._launch(pointers, threads)
+
+    def _arity(self, arrays: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
+        if len(arrays) != len(self._checks):
+            names = [c.buffer.name for c in self._checks]
+            raise SignatureError(
+                f"kernel {self.kernel.name} takes {len(names)} arrays {names}, "
+                f"got {len(arrays)}",
+                expected=len(names),
+                actual=len(arrays),
+            )
+        return arrays
+
+    def _check_overlap(self, arrays: Sequence[np.ndarray], storage: bool = False) -> None:
+        spans = [c.byte_span(a, storage) for c, a in zip(self._checks, arrays)]
+        for k, check in enumerate(self._checks):
+            if check.buffer.role != "out":
+                continue
+            lo, hi = spans[k]
+            for j, (other_lo, other_hi) in enumerate(spans):
+                if j != k and lo < other_hi and other_lo < hi:
+                    raise SignatureError(
+                        f"kernel {self.kernel.name}: output {check.buffer.name} overlaps "
+                        f"{self._checks[j].buffer.name} in memory",
+                        hint="give the output its own buffer",
+                    )
+
+    def _launch(self, pointers: list[int], threads: int | None) -> None:
+        if not self._runs:
+            return
+        args = (ctypes.c_void_p * len(pointers))(*pointers)
+        chosen = default_threads() if threads is None else max(1, threads)
+        if self._points < PARALLEL_THRESHOLD:
+            chosen = 1
+        if threads is not None or chosen == 1:
+            self._run(args, chosen)
+            return
+        parallel = self._chooser.choose()
+        start = time.perf_counter()
+        self._run(args, chosen if parallel else 1)
+        self._chooser.record(parallel, time.perf_counter() - start)
+
+    def _run(self, args: Any, threads: int) -> None:
+        """Run the whole domain on ``threads`` threads (the caller included)."""
+        if self._partial is None:
+            extent = self.emitted.split_extent
+            if threads == 1:
+                self._main(args, 0, extent)
+                return
+            chunks = min(extent, threads * CHUNKS_PER_THREAD,
+                         max(threads, self._points // CHUNK_POINTS_MIN))
+            _run_shared(self._chunks, threads, args, chunks, extent)
+            return
+        extent = self.emitted.partial_extent
+        chunks = partial_chunks(extent, self._points)
+        slots = (ctypes.c_int64 * (chunks * self.emitted.accumulators))()
+        _run_shared(self._partial_chunks, min(threads, chunks), args, chunks, extent,
+                    slots)
+        self._finish(args, slots, chunks)
+
+    # Inspection ---------------------------------------------------------------------
+
+    def llvm_ir(self) -> str:
+        """The optimized module's LLVM IR (``ember dump --stage llvm``)."""
+        return str(self._optimized())
+
+    def assembly(self) -> str:
+        """The machine code as assembly text (``ember dump --stage asm``)."""
+        return target.emit_assembly(self._optimized())
+
+    def _optimized(self) -> Any:
+        if self._module is None:
+            # Loaded from disk: rebuild the optimized module (only for inspection).
+            self._module = target.optimize(self.emitted.llvm_ir, self.kernel.name)
+        return self._module
+
+    def __repr__(self) -> str:
+        return f"<CompiledKernel {self.kernel.name} ({self.origin}) key={self.key[:12]}>"
+
+
+class ThreadChooser:
+    """Chooses, per kernel, between one thread and all threads for default launches.
+
+    A second thread only pays when a core is free: on a loaded machine it shares a
+    core with the caller or waits behind other processes, and the launch then waits
+    a scheduler time slice for it. So large launches without an explicit thread count
+    time themselves: the first ``PROBE_CALLS`` calls of each kind alternate, later
+    calls take the kind with the lower median of its last ``SAMPLES`` timings, and
+    every ``PROBE_EVERY``-th call tries the other kind again, which follows a load
+    that changes. Results do not depend on the choice (see the module docstring).
+
+        >>> chooser = ThreadChooser()
+        >>> for _ in range(2 * ThreadChooser.PROBE_CALLS):
+        ...     parallel = chooser.choose()
+        ...     chooser.record(parallel, 1.0 if parallel else 2.0)
+        >>> chooser.choose()
+        True
+    """
+
+    PROBE_CALLS = 3
+    PROBE_EVERY = 16
+    SAMPLES = 5
+
+    def __init__(self) -> None:
+        self._times: dict[bool, collections.deque[float]] = {
+            kind: collections.deque(maxlen=self.SAMPLES) for kind in (False, True)}
+        self._calls = 0
+
+    def choose(self) -> bool:
+        """True to run the next launch on all threads, False for one thread."""
+        self._calls += 1
+        one, many = self._times[False], self._times[True]
+        if min(len(one), len(many)) < self.PROBE_CALLS:
+            return len(many) <= len(one)
+        best = statistics.median(many) < statistics.median(one)
+        return best != (self._calls % self.PROBE_EVERY == 0)
+
+    def record(self, parallel: bool, seconds: float) -> None:
+        """Remember how long a launch of the given kind took."""
+        self._times[parallel].append(seconds)
+
+
+def partial_chunks(extent: int, points: int) -> int:
+    """How many chunks an outer-less reduction splits its first reduced axis into.
+
+    ``extent`` is that axis's length and ``points`` the size of the whole domain; the
+    answer depends on nothing else, so neither does the summation order.
+    """
+    return max(1, min(PARTIAL_CHUNKS_MAX, extent, points // PARTIAL_CHUNK_POINTS))
+
+
+def _run_shared(fn: Any, threads: int, args: Any, chunks: int, extent: int,
+                *extra: Any) -> None:
+    """Run the claiming function ``fn`` on this thread and ``threads - 1`` workers.
+
+    Workers still queued when this thread runs out of chunks are cancelled; ones
+    already running are finishing their last chunk and are waited for.
+    """
+    counter = ctypes.c_int64(0)
+    call = (args, ctypes.addressof(counter), chunks, extent, *extra)
+    if threads == 1:
+        fn(*call)
+        return
+    pool = _worker_pool()
+    futures = [pool.submit(fn, *call) for _ in range(threads - 1)]
+    fn(*call)
+    for future in futures:
+        if not future.cancel():
+            future.result()
+
+
+class _BufferCheck:
+    """Validates arrays for one buffer; returns the pointer to the buffer's element 0."""
+
+    def __init__(self, buffer: Buffer) -> None:
+        self.buffer = buffer
+        self.np_dtype = buffer.dtype.np_dtype
+        itemsize = buffer.dtype.itemsize
+        self.itemsize = itemsize
+        self.shape = buffer.shape
+        self.byte_strides = tuple(s * itemsize for s in buffer.strides)
+        self.varying = [k for k, n in enumerate(buffer.shape) if n > 1]
+        self.extent = buffer.extent()
+        self.is_output = buffer.role == "out"
+
+    def _fail(self, what: str, expected: Any, actual: Any, hint: str | None = None) -> None:
+        raise SignatureError(
+            f"buffer {self.buffer.name} ({self.buffer.describe()}): {what}",
+            expected=expected,
+            actual=actual,
+            hint=hint,
+        )
+
+    def _common(self, array: Any) -> None:
+        if not isinstance(array, np.ndarray):
+            self._fail("not a numpy array", "numpy.ndarray", type(array).__name__)
+        if array.dtype != self.np_dtype:
+            self._fail("wrong dtype", self.np_dtype.name, array.dtype.name,
+                       "convert with .astype() first")
+        if self.is_output and not array.flags.writeable:
+            self._fail("output is read-only", "a writeable array", "read-only")
+        _check_inside_owner(array, self)
+
+    def check_view(self, array: np.ndarray) -> int:
+        """Validate an array shaped and strided like the buffer; return its pointer."""
+        self._common(array)
+        if array.shape != self.shape:
+            self._fail("wrong shape", self.shape, array.shape)
+        strides = array.strides
+        if any(strides[k] != self.byte_strides[k] for k in self.varying):
+            self._fail(
+                "wrong strides",
+                tuple(s // self.itemsize for s in self.byte_strides),
+                tuple(s / self.itemsize for s in strides),
+                "the kernel was compiled for another layout; recompile for this one",
+            )
+        return array.ctypes.data
+
+    def check_storage(self, storage: np.ndarray) -> int:
+        """Validate a flat storage that must hold the buffer's layout; return the pointer
+        to the buffer's first element."""
+        self._common(storage)
+        if storage.ndim != 1 or not storage.flags.c_contiguous:
+            self._fail("a storage must be a flat contiguous array", "1-D contiguous",
+                       f"{storage.ndim}-D, strides {storage.strides}")
+        needed = self.buffer.offset + self.extent
+        if storage.shape[0] < needed:
+            self._fail(
+                "storage too small for the layout",
+                f"at least {needed} elements (offset {self.buffer.offset} + extent "
+                f"{self.extent})",
+                storage.shape[0],
+            )
+        return storage.ctypes.data + self.buffer.offset * self.itemsize
+
+    def byte_span(self, array: np.ndarray, storage: bool) -> tuple[int, int]:
+        """The half-open byte range the kernel may touch in ``array``."""
+        if storage:
+            start = array.ctypes.data + self.buffer.offset * self.itemsize
+            return start, start + self.extent * self.itemsize
+        return _byte_bounds(array)
+
+
+def _byte_bounds(array: np.ndarray) -> tuple[int, int]:
+    """The half-open byte range an array's elements occupy (empty arrays: empty)."""
+    start = array.__array_interface__["data"][0]
+    if array.size == 0:
+        return start, start
+    low = high = start
+    for size, stride in zip(array.shape, array.strides):
+        reach = (size - 1) * stride
+        if reach < 0:
+            low += reach
+        else:
+            high += reach
+    return low, high + array.itemsize
+
+
+def _check_inside_owner(array: np.ndarray, check: _BufferCheck) -> None:
+    """A view must lie inside the memory of the array that owns its data.
+
+    numpy guarantees this for views it makes itself; ``as_strided`` can break it, so
+    views (arrays with a base) are checked against the last array in their base chain.
+    """
+    if array.base is None:
+        return
+    owner: Any = array
+    link: Any = array.base
+    while link is not None:
+        if isinstance(link, np.ndarray):
+            owner = link
+        link = getattr(link, "base", None)
+    if owner is array:
+        return
+    lo, hi = _byte_bounds(array)
+    owner_lo, owner_hi = _byte_bounds(owner)
+    if array.size and (lo < owner_lo or hi > owner_hi):
+        check._fail(
+            "array reaches outside the memory it views",
+            f"bytes within [{owner_lo}, {owner_hi})",
+            f"[{lo}, {hi})",
+            "build views with numpy slicing, not as_strided",
+        )

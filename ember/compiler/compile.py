@@ -1,0 +1,363 @@
+"""``ember.compile``: trace a model on its first call and run the graph after that.
+
+The compiled object specializes on the *signature* of a call: the shape, dtype and
+strides of every tensor argument, the values of the other arguments, the module's
+training flag and the layout of its parameters. The first call with a new signature
+traces the model again and builds a program for it; a call with a known signature
+reuses its program. Every recompile is logged on this module's logger (topic
+``recompile``: ``EMBER_LOG=recompile``) with each guard that changed.
+
+Backends turn a traced graph into something that runs:
+
+- ``"interpret"`` runs the graph on the eager runtime (:mod:`ember.compiler.interpret`),
+  so results, views and autograd behave exactly as in eager mode;
+- ``"llvm"``, the native backend (:mod:`ember.compiler.backends`): fused kernels in
+  machine code, BLAS for large matmuls, buffers planned once.
+
+    >>> import ember
+    >>> def f(x):
+    ...     return (x * 2).relu().sum(1)
+    >>> fast = ember.compile(f)
+    >>> fast(ember.ones(2, 3)).tolist()
+    [6.0, 6.0]
+    >>> [n.op for n in fast.graph.calls()]
+    ['mul', 'relu', 'sum']
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ember.compiler.interpret import interpret, layout_key
+from ember.compiler.trace import (
+    Proxy,
+    Spec,
+    TraceResult,
+    flatten,
+    model_name,
+    trace_call,
+    unflatten,
+)
+from ember.errors import UnsupportedError
+from ember.ir.graph import Graph
+from ember.runtime.autograd import is_grad_enabled
+from ember.runtime.tensor import Tensor
+
+logger = logging.getLogger(__name__)
+
+#: A program built from a graph: called with the input tensors and the parameters
+#: (by qualified name), it returns the graph's outputs.
+Program = Callable[[Sequence[Tensor], Mapping[str, Tensor]], list[Tensor]]
+
+#: How many signatures one compiled object keeps programs for; the oldest goes first.
+CACHE_LIMIT = 16
+
+
+def _interpret_backend(graph: Graph) -> Program:
+    return functools.partial(interpret, graph)
+
+
+def _llvm_backend(graph: Graph) -> Program:
+    # Imported on first use: the native stack loads llvmlite, which plain
+    # ``import ember`` never does.
+    from ember.compiler.backends import compile_llvm
+
+    return compile_llvm(graph)
+
+
+#: Backend name -> builder of a program from a traced graph.
+BACKENDS: dict[str, Callable[[Graph], Program]] = {
+    "interpret": _interpret_backend,
+    "llvm": _llvm_backend,
+}
+
+
+def compile(model: Any, *, backend: str = "interpret") -> Any:  # noqa: A001
+    """A compiled version of ``model``, an ``nn.Module`` or a function of tensors.
+
+    For a module the result looks like the module: attribute access, parameters,
+    ``state_dict``, ``train``/``eval`` pass through, and calling it runs the compiled
+    forward. For a function it is a callable with the function's name and docstring.
+    See the module docstring for specialization and backends.
+    """
+    _check_backend(backend)
+    if hasattr(model, "named_parameters"):
+        return CompiledModule(model, backend)
+    if callable(model):
+        return CompiledFunction(model, backend)
+    raise UnsupportedError(
+        f"ember.compile expects a module or a function, got {type(model).__name__}",
+        expected="an ember.nn.Module or a callable taking tensors",
+        actual=type(model).__name__,
+    )
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise UnsupportedError(
+            f"ember.compile: unknown backend {backend!r}",
+            expected=sorted(BACKENDS),
+            actual=backend,
+            hint=f"use one of: {', '.join(sorted(BACKENDS))}",
+        )
+
+
+# Specialization ---------------------------------------------------------------------
+
+
+@dataclass
+class _Entry:
+    """The program built for one signature, and the trace it came from."""
+
+    key: tuple[Any, ...]
+    traced: TraceResult
+    program: Program
+
+
+class _Specializer:
+    """Traces ``model`` once per call signature and runs the matching program."""
+
+    def __init__(self, model: Callable[..., Any], backend: str, label: str) -> None:
+        self.model = model
+        self.backend = backend
+        self.label = label
+        self.cache: OrderedDict[tuple[Any, ...], _Entry] = OrderedDict()
+        self.last: _Entry | None = None
+
+    def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        leaves, spec = flatten((args, kwargs), _is_value)
+        if any(isinstance(v, Proxy) for v in leaves):
+            # Called from a model being traced: record the model's ops inline.
+            return self.model(*args, **kwargs)
+        params = self._params()
+        key = (
+            _hashable(spec),
+            tuple(layout_key(t.meta) for t in leaves),
+            getattr(self.model, "training", None),
+            tuple((name, layout_key(t.meta)) for name, t in params.items()),
+            _gradient_key(leaves, params),
+        )
+        entry = self.cache.get(key)
+        if entry is None:
+            entry = self._build(key, args, kwargs)
+        self.last = entry
+        outputs = entry.program(leaves, params)
+        return unflatten(entry.traced.output_spec, outputs)
+
+    def _params(self) -> dict[str, Tensor]:
+        found: dict[str, Tensor] = {}
+        for method in ("named_parameters", "named_buffers"):
+            if hasattr(self.model, method):
+                found.update(getattr(self.model, method)())
+        return found
+
+    def _build(
+        self, key: tuple[Any, ...], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> _Entry:
+        if self.last is not None:
+            changes = _describe_changes(self.last, key)
+            logger.info("recompiling %s: %s", self.label, "; ".join(changes))
+        traced = trace_call(self.model, args, kwargs)
+        build = BACKENDS[self.backend]
+        gradient = key[-1]
+        if gradient is None:
+            program = build(traced.graph)
+        else:
+            from ember.compiler.training import TrainingProgram
+
+            program = TrainingProgram(traced.graph, build, *gradient)
+        entry = _Entry(key, traced, program)
+        self.cache[key] = entry
+        if len(self.cache) > CACHE_LIMIT:
+            self.cache.popitem(last=False)
+            logger.info(
+                "%s: more than %d signatures; dropped the oldest program",
+                self.label,
+                CACHE_LIMIT,
+            )
+        logger.debug(
+            "compiled %s: %d nodes, backend %s",
+            self.label,
+            len(traced.graph),
+            self.backend,
+        )
+        return entry
+
+
+def _gradient_key(
+    leaves: Sequence[Any], params: Mapping[str, Tensor]
+) -> tuple[tuple[int, ...], tuple[str, ...]] | None:
+    """Which inputs (by position) and parameters (by name) a call differentiates:
+    None with grad mode off or when nothing requires grad, and the call then runs
+    the plain forward program; otherwise it runs a TrainingProgram."""
+    if not is_grad_enabled():
+        return None
+    inputs = tuple(i for i, t in enumerate(leaves) if t.requires_grad)
+    names = tuple(name for name, t in params.items() if t.requires_grad)
+    return (inputs, names) if inputs or names else None
+
+
+def _is_value(value: Any) -> bool:
+    return isinstance(value, (Tensor, Proxy))
+
+
+def _hashable(spec: Spec) -> Any:
+    """``spec`` as a dict key; unhashable literal arguments count by identity."""
+    try:
+        hash(spec)
+        return spec
+    except TypeError:
+        pass
+    tag = spec[0]
+    if tag == "literal":
+        return ("unhashable", type(spec[1]), id(spec[1]))
+    if tag == "seq":
+        return (tag, spec[1], tuple(_hashable(s) for s in spec[2]))
+    if tag == "dict":
+        return (tag, spec[1], tuple((k, _hashable(s)) for k, s in spec[2]))
+    return spec
+
+
+def _describe_changes(old: _Entry, key: tuple[Any, ...]) -> list[str]:
+    """The guards that differ between ``old`` and the signature ``key``."""
+    old_spec, old_inputs, old_training, old_params, old_gradient = old.key
+    spec, inputs, training, params, gradient = key
+    changes = []
+    if gradient != old_gradient:
+        changes.append(f"differentiated values {old_gradient} -> {gradient}")
+    if spec != old_spec:
+        changes.append("the argument structure or a non-tensor argument changed")
+    names = [n.name for n in old.traced.graph.inputs]
+    for i, (before, after) in enumerate(zip(old_inputs, inputs)):
+        name = names[i] if i < len(names) else f"input {i}"
+        changes.extend(_layout_changes(name, before, after))
+    if training != old_training:
+        changes.append(f"training {old_training} -> {training}")
+    if params != old_params:
+        before_params = dict(old_params)
+        for name, key in params:
+            if name not in before_params:
+                changes.append(f"parameter {name} was added")
+            else:
+                changes.extend(
+                    _layout_changes(f"parameter {name}", before_params[name], key)
+                )
+        removed = set(before_params) - {name for name, _ in params}
+        changes.extend(f"parameter {name} was removed" for name in sorted(removed))
+    return changes or ["the signature changed"]
+
+
+def _layout_changes(
+    name: str, before: tuple[Any, ...], after: tuple[Any, ...]
+) -> list[str]:
+    """What differs between two layout keys, as ``x: shape (4, 2) -> (8, 2)``."""
+    labels = ("shape", "dtype", "strides")
+    # The key of an empty tensor has no strides.
+    before = before + (None,) * (3 - len(before))
+    after = after + (None,) * (3 - len(after))
+    return [
+        f"{name}: {label} {_show(a)} -> {_show(b)}"
+        for label, a, b in zip(labels, before, after)
+        if a != b
+    ]
+
+
+def _show(value: Any) -> str:
+    """A dtype by name; strides with ``*`` for the dims whose stride does not count."""
+    if isinstance(value, tuple):
+        return "(" + ", ".join("*" if v is None else str(v) for v in value) + ")"
+    return getattr(value, "name", None) or str(value)
+
+
+# What the user holds ----------------------------------------------------------------
+
+
+class CompiledFunction:
+    """A compiled function: call it like the original."""
+
+    def __init__(self, fn: Callable[..., Any], backend: str) -> None:
+        self._specializer = _Specializer(fn, backend, model_name(fn))
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._specializer(args, kwargs)
+
+    @property
+    def graph(self) -> Graph | None:
+        """The graph of the most recent call (None before the first call)."""
+        last = self._specializer.last
+        return None if last is None else last.traced.graph
+
+    def __repr__(self) -> str:
+        spec = self._specializer
+        return f"CompiledFunction({spec.label}, backend={spec.backend!r})"
+
+
+class CompiledModule:
+    """A compiled module that looks like the module it wraps.
+
+    Calling it (or its ``forward``) runs the compiled program; every other attribute
+    is the module's own, read and written through. ``train()`` and ``eval()`` return
+    this wrapper, so ``compiled.eval()(x)`` stays compiled.
+    """
+
+    def __init__(self, module: Any, backend: str) -> None:
+        specializer = _Specializer(module, backend, model_name(module))
+        object.__setattr__(self, "_module", module)
+        object.__setattr__(self, "_specializer", specializer)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._specializer(args, kwargs)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The compiled forward: the same as calling this object."""
+        return self._specializer(args, kwargs)
+
+    @property
+    def module(self) -> Any:
+        """The module this wraps."""
+        return self._module
+
+    @property
+    def graph(self) -> Graph | None:
+        """The graph of the most recent call (None before the first call)."""
+        last = self._specializer.last
+        return None if last is None else last.traced.graph
+
+    def train(self, mode: bool = True) -> CompiledModule:
+        """Set the module's training mode (a new signature); returns this wrapper."""
+        self._module.train(mode)
+        return self
+
+    def eval(self) -> CompiledModule:
+        """``train(False)``."""
+        return self.train(False)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._module, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._module, name, value)
+
+    # Containers such as Sequential are indexed and iterated like the module.
+    def __getitem__(self, index: Any) -> Any:
+        return self._module[index]
+
+    def __len__(self) -> int:
+        return len(self._module)
+
+    def __iter__(self) -> Any:
+        return iter(self._module)
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(dir(self._module)) | set(type(self).__dict__))
+
+    def __repr__(self) -> str:
+        return (
+            f"CompiledModule(backend={self._specializer.backend!r}, {self._module!r})"
+        )

@@ -1,0 +1,598 @@
+"""``Program``: the runnable result of the native backend.
+
+A program owns its steps (compiled kernels and BLAS calls), a buffer plan and a
+schedule. Every value of the graph lives in a *slot*: an argument (a graph input or
+parameter, supplied per call), a constant, an intermediate buffer, or a graph result.
+A view has no slot of its own; it reads its root's slot through its strides.
+
+Buffer plan: intermediate buffers are allocated once, when the program is built, and
+shared by values whose lifetimes do not overlap (first fit over the schedule, a
+buffer is released after the last step that reads it). Results get fresh arrays on
+every call, so that a result the caller holds is never overwritten by a later call.
+Calls from several threads run one at a time, since they share the planned buffers.
+
+Before any native code runs, every argument is checked against the signature the
+program was compiled for: shape, dtype, strides, and that the layout lies inside its
+storage. A mismatch raises :class:`~ember.errors.SignatureError` naming the argument.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ember.errors import SignatureError
+from ember.ir.layout import span
+from ember.ir.meta import TensorMeta
+
+logger = logging.getLogger(__name__)
+
+#: Byte alignment of every planned buffer (a cache line, and a full AVX-512 vector).
+ALIGNMENT = 64
+
+
+@dataclass(frozen=True)
+class Operand:
+    """How a step reads or writes one value: its slot and its layout in that slot.
+
+    ``meta`` holds the value's shape, dtype and strides; ``offset`` is the element
+    offset from the slot's first element (the view's offset minus its root's).
+    """
+
+    slot: int
+    meta: TensorMeta
+    offset: int = 0
+
+    def array(self, env: Sequence[Storage]) -> np.ndarray:
+        """A numpy view of this operand in the storage ``env`` holds for its slot."""
+        flat, base = env[self.slot]
+        item = self.meta.dtype.itemsize
+        return np.ndarray(
+            self.meta.shape,
+            self.meta.dtype.np_dtype,
+            buffer=flat,
+            offset=(base + self.offset) * item,
+            strides=tuple(s * item for s in self.meta.strides),
+        )
+
+
+#: What a slot holds during a call: a flat array and the element offset of the
+#: slot's first element in it.
+Storage = tuple[np.ndarray, int]
+
+
+class Step:
+    """One entry of the schedule: reads and writes operands of the environment."""
+
+    name: str = "step"
+    reads: tuple[Operand, ...] = ()
+    writes: tuple[Operand, ...] = ()
+
+    def run(self, env: Sequence[Storage]) -> None:
+        """Execute the step against the storages of ``env``."""
+        raise NotImplementedError
+
+    def bind_planned(self, env: Sequence[Storage | None]) -> None:
+        """Called once with the slots that never change between calls (constants and
+        planned buffers) filled in and the others None; a step may prepare views."""
+
+    def describe(self) -> str:
+        """One line for the program dump."""
+        return self.name
+
+
+class ArgSpec:
+    """What the program was compiled for, for one argument: its node's name, meta,
+    kind (``input``, ``param`` or ``buffer``) and qualified name (``target``)."""
+
+    def __init__(
+        self, name: str, meta: TensorMeta, kind: str = "input", target: str = ""
+    ) -> None:
+        self.name = name
+        self.meta = meta
+        self.kind = kind
+        self.target = target
+        self._strides = _effective_strides(meta)
+        self._extent = span(meta.shape, meta.strides, 0)[1]
+
+    def check(self, position: int, value: Any) -> Storage:
+        """The storage of ``value`` after checking it matches; SignatureError if not."""
+        meta = getattr(value, "_meta", None)
+        if meta is self.meta or (
+            type(meta) is TensorMeta
+            and meta.shape == self.meta.shape
+            and meta.dtype is self.meta.dtype
+            and meta.strides == self.meta.strides
+        ):
+            # The common case, an ember tensor laid out exactly as compiled for.
+            flat = value._storage.data
+            offset = meta.offset
+            if offset >= 0 and (
+                self._extent == 0 or offset + self._extent <= flat.shape[0]
+            ):
+                return flat, offset
+        flat, offset, meta = _storage_of(value, self.name)
+        self._check_layout(position, meta)
+        start, stop = span(meta.shape, meta.strides, offset)
+        if offset < 0 or (stop > start and stop > flat.shape[0]):
+            raise SignatureError(
+                f"argument {position} (%{self.name}) addresses elements [{start}, "
+                f"{stop}) of a storage of {flat.shape[0]} elements",
+                op=self.name,
+                expected=f"a layout inside {flat.shape[0]} elements",
+                actual=f"elements [{start}, {stop})",
+                hint="the tensor's storage is smaller than its layout claims",
+            )
+        return flat, offset
+
+    def _check_layout(self, position: int, meta: TensorMeta) -> None:
+        expected = self.meta
+        problem: tuple[str, Any, Any] | None = None
+        if meta.dtype is not expected.dtype:
+            problem = ("dtype", expected.dtype.name, meta.dtype.name)
+        elif meta.shape != expected.shape:
+            problem = ("shape", expected.shape, meta.shape)
+        elif _effective_strides(meta) != self._strides:
+            problem = ("strides", expected.strides, meta.strides)
+        if problem is None:
+            return
+        what, want, got = problem
+        raise SignatureError(
+            f"argument {position} (%{self.name}) has {what} {got}, but the program "
+            f"was compiled for {what} {want}",
+            op=self.name,
+            expected=f"{expected!r}",
+            actual=f"{meta!r}",
+            hint="call the compiled model through ember.compile, which recompiles "
+            "for new signatures, or pass .contiguous() inputs",
+        )
+
+
+def _effective_strides(meta: TensorMeta) -> tuple[int, ...]:
+    """Strides with those of size-1 dims ignored: they never move the address."""
+    return tuple(0 if size == 1 else st for size, st in zip(meta.shape, meta.strides))
+
+
+def _storage_of(value: Any, name: str) -> tuple[np.ndarray, int, TensorMeta]:
+    """(flat storage, element offset, meta) of an ember Tensor or a numpy array."""
+    meta = getattr(value, "meta", None)
+    storage = getattr(value, "_storage", None)
+    if isinstance(meta, TensorMeta) and storage is not None:
+        return storage.data, meta.offset, meta
+    if isinstance(value, np.ndarray):
+        return _numpy_storage(value, name)
+    raise SignatureError(
+        f"argument %{name} is a {type(value).__name__}, not a tensor",
+        op=name,
+        expected="an ember Tensor or a numpy array",
+        actual=type(value).__name__,
+    )
+
+
+def _numpy_storage(array: np.ndarray, name: str) -> tuple[np.ndarray, int, TensorMeta]:
+    from ember.ir.dtypes import from_numpy_dtype
+
+    dtype = from_numpy_dtype(array.dtype)
+    item = array.itemsize
+    if any(s < 0 or s % item for s in array.strides):
+        raise SignatureError(
+            f"argument %{name}: numpy strides {array.strides} are negative or not a "
+            "multiple of the item size",
+            op=name,
+            expected="non-negative strides in whole elements",
+            actual=array.strides,
+            hint="pass np.ascontiguousarray(array)",
+        )
+    strides = tuple(s // item for s in array.strides)
+    meta = TensorMeta(tuple(array.shape), dtype, strides, 0)
+    if array.flags.c_contiguous:
+        return array.reshape(-1), 0, meta
+    extent = span(meta.shape, strides, 0)[1]
+    flat = np.lib.stride_tricks.as_strided(array, shape=(extent,), strides=(item,))
+    return flat, 0, meta
+
+
+@dataclass(frozen=True)
+class ResultSpec:
+    """How a graph result is read from the environment after the steps ran.
+
+    A result computed by a step lives in a fresh array of that call; a result that
+    is an argument (or a view of one) is a view of the caller's storage, like an
+    eager view; a constant is copied, so the caller cannot edit the program's copy.
+    """
+
+    operand: Operand
+    copy: bool = False
+
+    def read(self, env: Sequence[Storage]) -> np.ndarray:
+        array = self.operand.array(env)
+        return array.copy() if self.copy else array
+
+
+class BufferPlan:
+    """Intermediate buffers shared by liveness; built once, reused by every call.
+
+    ``assign`` maps a slot to the index of its buffer; ``buffers`` hold raw bytes
+    aligned to :data:`ALIGNMENT`.
+    """
+
+    def __init__(self, sizes: dict[int, int], lifetimes: dict[int, tuple[int, int]]):
+        self.assign: dict[int, int] = {}
+        self.capacity: list[int] = []
+        free: list[int] = []
+        events = sorted(lifetimes.items(), key=lambda item: (item[1][0], item[0]))
+        active: list[tuple[int, int]] = []
+        for slot, (start, end) in events:
+            for buffer_end, buffer in list(active):
+                if buffer_end < start:
+                    active.remove((buffer_end, buffer))
+                    free.append(buffer)
+            buffer = self._take(free, sizes[slot])
+            self.assign[slot] = buffer
+            active.append((end, buffer))
+        self.buffers = [_aligned_bytes(size) for size in self.capacity]
+
+    def _take(self, free: list[int], size: int) -> int:
+        fitting = [b for b in free if self.capacity[b] >= size]
+        if fitting:
+            best = min(fitting, key=lambda b: self.capacity[b])
+            free.remove(best)
+            return best
+        if free:
+            # Grow the largest free buffer rather than add one more.
+            largest = max(free, key=lambda b: self.capacity[b])
+            free.remove(largest)
+            self.capacity[largest] = size
+            return largest
+        self.capacity.append(size)
+        return len(self.capacity) - 1
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.capacity)
+
+
+def _aligned_bytes(size: int) -> np.ndarray:
+    raw = np.zeros(max(size, 1) + ALIGNMENT, dtype=np.uint8)
+    start = (-raw.ctypes.data) % ALIGNMENT
+    return raw[start : start + max(size, 1)]
+
+
+class Program:
+    """A compiled graph: call it like the graph interpreter, get its results.
+
+    ``program(inputs, params)`` binds the graph's inputs in order and its parameters
+    and buffers by qualified name, and returns ember Tensors;
+    ``program.run_arrays(*values)`` takes every argument positionally (inputs, then
+    parameters and buffers, in graph order; Tensors or numpy arrays) and returns
+    numpy arrays.
+    """
+
+    def __init__(
+        self,
+        args: Sequence[ArgSpec],
+        constants: dict[int, np.ndarray],
+        intermediates: dict[int, TensorMeta],
+        fresh: dict[int, TensorMeta],
+        results: Sequence[ResultSpec],
+        steps: Sequence[Step],
+        slot_count: int,
+        arg_slots: Sequence[int],
+    ) -> None:
+        self.args = tuple(args)
+        self.steps = tuple(steps)
+        self.results = tuple(results)
+        self._arg_slots = tuple(arg_slots)
+        sizes = {slot: meta.nbytes for slot, meta in intermediates.items()}
+        self.plan = BufferPlan(sizes, _lifetimes(self.steps, set(intermediates)))
+        env: list[Storage | None] = [None] * slot_count
+        for slot, value in constants.items():
+            env[slot] = (value.reshape(-1), 0)
+        for slot, meta in intermediates.items():
+            raw = self.plan.buffers[self.plan.assign[slot]]
+            env[slot] = (raw[: meta.nbytes].view(meta.dtype.np_dtype), 0)
+        self._env = env
+        for step in self.steps:
+            step.bind_planned(env)
+        self._fresh = list(fresh.items())
+        # The planned buffers are shared by every call: calls from several threads
+        # take turns rather than overwrite each other's intermediates.
+        self._lock = threading.Lock()
+
+    def __call__(
+        self, inputs: Sequence[Any], params: Mapping[str, Any] | None = None
+    ) -> list[Any]:
+        from ember.runtime.tensor import Storage as TensorStorage
+        from ember.runtime.tensor import Tensor
+
+        values = self._bind(inputs, params or {})
+        env = self._execute(values)
+        shared: dict[int, Any] = {}
+        for value, slot in zip(values, self._arg_slots):
+            if isinstance(value, Tensor):
+                shared[slot] = value._storage
+        results = []
+        for result in self.results:
+            operand = result.operand
+            meta = operand.meta
+            if result.copy:
+                array = result.read(env)
+                results.append(
+                    Tensor._make(
+                        TensorStorage(array.reshape(-1)),
+                        TensorMeta.contiguous(meta.shape, meta.dtype),
+                    )
+                )
+                continue
+            flat, base = env[operand.slot]
+            storage = shared.get(operand.slot)
+            if storage is None:
+                storage = shared.setdefault(operand.slot, TensorStorage(flat))
+            layout = TensorMeta(
+                meta.shape, meta.dtype, meta.strides, base + operand.offset
+            )
+            results.append(Tensor._make(storage, layout))
+        return results
+
+    def run_arrays(self, *values: Any) -> list[np.ndarray]:
+        """Run on positional arguments; return numpy arrays (see the class doc)."""
+        env = self._execute(values)
+        return [r.read(env) for r in self.results]
+
+    def _bind(self, inputs: Sequence[Any], params: Mapping[str, Any]) -> list[Any]:
+        positional = [a for a in self.args if a.kind == "input"]
+        if len(inputs) != len(positional):
+            raise SignatureError(
+                f"the program takes {len(positional)} inputs "
+                f"({', '.join('%' + a.name for a in positional)}), got {len(inputs)}",
+                expected=len(positional),
+                actual=len(inputs),
+            )
+        feed = iter(inputs)
+        values = []
+        for spec in self.args:
+            if spec.kind == "input":
+                values.append(next(feed))
+                continue
+            value = params.get(spec.target)
+            if value is None:
+                raise SignatureError(
+                    f"the program reads {spec.kind} {spec.target!r}, which was not "
+                    "given",
+                    expected=spec.target,
+                    actual=sorted(params)[:8],
+                    hint="pass the parameters of the model the program was built from",
+                )
+            values.append(value)
+        return values
+
+    def _execute(self, values: Sequence[Any]) -> list[Storage]:
+        if len(values) != len(self.args):
+            raise SignatureError(
+                f"the program takes {len(self.args)} arguments "
+                f"({', '.join('%' + a.name for a in self.args)}), got {len(values)}",
+                expected=len(self.args),
+                actual=len(values),
+            )
+        env = list(self._env)
+        for position, (spec, value, slot) in enumerate(
+            zip(self.args, values, self._arg_slots)
+        ):
+            env[slot] = spec.check(position, value)
+        for slot, meta in self._fresh:
+            env[slot] = (np.empty(meta.numel, meta.dtype.np_dtype), 0)
+        with self._lock:
+            for step in self.steps:
+                step.run(env)  # type: ignore[arg-type]
+        return env  # type: ignore[return-value]
+
+    def describe(self) -> str:
+        """The schedule and the buffer plan as text."""
+        lines = [
+            f"program: {len(self.steps)} steps, {len(self.plan.capacity)} planned "
+            f"buffers, {self.plan.total_bytes} bytes"
+        ]
+        lines.extend(f"  {step.describe()}" for step in self.steps)
+        return "\n".join(lines)
+
+
+def _lifetimes(steps: Sequence[Step], planned: set[int]) -> dict[int, tuple[int, int]]:
+    """First write and last read (as step indices) of every planned slot."""
+    lifetimes: dict[int, tuple[int, int]] = {}
+    for index, step in enumerate(steps):
+        for operand in step.writes:
+            if operand.slot in planned and operand.slot not in lifetimes:
+                lifetimes[operand.slot] = (index, index)
+        for operand in step.reads + step.writes:
+            if operand.slot in lifetimes:
+                start, _ = lifetimes[operand.slot]
+                lifetimes[operand.slot] = (start, index)
+    return lifetimes
+
+
+class CallStep(Step):
+    """A step that calls a Python function on numpy views of its operands (BLAS)."""
+
+    def __init__(
+        self,
+        name: str,
+        fn: Callable[..., None],
+        reads: Sequence[Operand],
+        writes: Sequence[Operand],
+    ) -> None:
+        self.name = name
+        self.fn = fn
+        self.reads = tuple(reads)
+        self.writes = tuple(writes)
+        self._fixed: list[np.ndarray | None] = [None] * len(self.reads + self.writes)
+
+    def bind_planned(self, env: Sequence[Storage | None]) -> None:
+        # Views of planned buffers and constants are built once, not on every call.
+        self._fixed = [
+            None if env[op.slot] is None else op.array(env)  # type: ignore[arg-type]
+            for op in self.reads + self.writes
+        ]
+
+    def run(self, env: Sequence[Storage]) -> None:
+        arrays = [
+            op.array(env) if fixed is None else fixed
+            for op, fixed in zip(self.reads + self.writes, self._fixed)
+        ]
+        self.fn(*arrays)
+
+
+class KernelStep(Step):
+    """A compiled native kernel, called on the flat storages of its operands' slots.
+
+    The kernel applies each buffer's offset and strides itself, and its launcher
+    checks every storage against the buffer before native code runs.
+    """
+
+    def __init__(
+        self, compiled: Any, reads: Sequence[Operand], writes: Sequence[Operand]
+    ) -> None:
+        self.compiled = compiled
+        self.name = compiled.kernel.name
+        self.reads = tuple(reads)
+        self.writes = tuple(writes)
+        self._slots = [op.slot for op in self.reads + self.writes]
+
+    def run(self, env: Sequence[Storage]) -> None:
+        storages = []
+        for slot in self._slots:
+            flat, base = env[slot]
+            storages.append(flat[base:] if base else flat)
+        self.compiled.call_storage(*storages)
+
+    def describe(self) -> str:
+        reads = ", ".join(f"${op.slot}" for op in self.reads)
+        writes = ", ".join(f"${op.slot}" for op in self.writes)
+        return f"{writes} = {self.name}({reads})"
+
+
+# Building a program from lowered groups -------------------------------------------
+
+#: Compiles a LoopKernel; the result has ``call_storage(*flat_storages)`` and
+#: ``kernel`` (see :mod:`ember.compiler.codegen.launch`).
+KernelCompiler = Callable[[Any], Any]
+
+
+def _blas_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    np.matmul(a, b, out=out)
+
+
+class _SlotTable:
+    """Slots of a graph's storages: arguments, constants, intermediates, results."""
+
+    def __init__(self, graph: Any, result_roots: set[int]) -> None:
+        self.slots: dict[int, int] = {}
+        self.args: list[Any] = []
+        self.constants: dict[int, np.ndarray] = {}
+        self.intermediates: dict[int, TensorMeta] = {}
+        self.fresh: dict[int, TensorMeta] = {}
+        self.result_roots = result_roots
+        for node in graph.nodes:
+            if node.kind in ("input", "param", "buffer"):
+                self.args.append(node)
+                self.new(node)
+
+    def new(self, node: Any) -> int:
+        slot = len(self.slots)
+        self.slots[id(node)] = slot
+        return slot
+
+    def computed(self, node: Any) -> int:
+        """The slot of a value a step writes (fresh if it is a graph result)."""
+        if id(node) in self.slots:
+            return self.slots[id(node)]
+        slot = self.new(node)
+        if id(node) in self.result_roots:
+            self.fresh[slot] = node.meta
+        else:
+            self.intermediates[slot] = node.meta
+        return slot
+
+    def operand(self, value: Any) -> Operand:
+        """How a step reads ``value``: its root's slot, its layout, its offset."""
+        from ember.compiler.fusion import view_root
+        from ember.compiler.passes.base import meta_of
+
+        root = view_root(value)
+        if id(root) not in self.slots:
+            assert root.kind == "const", root
+            slot = self.new(root)
+            self.constants[slot] = np.ascontiguousarray(root.value)
+        offset = (
+            meta_of(value).offset - meta_of(root).offset if meta_of(value).numel else 0
+        )
+        return Operand(self.slots[id(root)], value.meta, offset)
+
+
+def build_program(
+    fused: Any, lowered: Sequence[Any], compile_kernel: KernelCompiler
+) -> Program:
+    """Assemble a :class:`Program` from a fused graph and its lowered groups.
+
+    ``compile_kernel`` turns each LoopKernel into a launcher (the codegen layer).
+    """
+    from ember.compiler.fusion import view_root
+
+    graph = fused.graph
+    outputs = graph.outputs
+    table = _SlotTable(graph, {id(view_root(v)) for v in outputs})
+    steps: list[Step] = []
+    for group in lowered:
+        if group.matmul is not None:
+            steps.extend(_matmul_steps(group, table, compile_kernel))
+        else:
+            steps.append(_kernel_step(group.kernel, table, compile_kernel))
+    results = [
+        ResultSpec(table.operand(v), view_root(v).kind == "const") for v in outputs
+    ]
+    return Program(
+        [
+            ArgSpec(node.name, node.meta, node.kind, node.target or "")
+            for node in table.args
+        ],
+        table.constants,
+        table.intermediates,
+        table.fresh,
+        results,
+        steps,
+        len(table.slots),
+        [table.slots[id(node)] for node in table.args],
+    )
+
+
+def _kernel_step(
+    lowered: Any, table: _SlotTable, compile_kernel: KernelCompiler
+) -> Step:
+    kernel = lowered.kernel
+    reads, writes = [], []
+    for binding in lowered.bindings:
+        if binding.buffer.role == "in":
+            reads.append(table.operand(binding.value))
+        else:
+            table.computed(binding.value)
+            writes.append(table.operand(binding.value))
+    return KernelStep(compile_kernel(kernel), reads, writes)
+
+
+def _matmul_steps(
+    group: Any, table: _SlotTable, compile_kernel: KernelCompiler
+) -> list[Step]:
+    mm = group.matmul
+    a, b = (table.operand(v) for v in mm.operands)
+    table.computed(mm.product)
+    product = table.operand(mm.product)
+    steps: list[Step] = [
+        CallStep(f"blas_matmul %{mm.node.name}", _blas_matmul, [a, b], [product])
+    ]
+    if mm.epilogue is not None:
+        steps.append(_kernel_step(mm.epilogue, table, compile_kernel))
+    return steps

@@ -1,0 +1,339 @@
+"""Kernels read strided, permuted, sliced and expanded inputs in place, and reduce.
+
+Differential tests against numpy: the kernel sees the same memory the numpy view
+sees (no copies), through the view's strides and offset.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
+from ember import settings
+from ember.compiler.codegen import compile_kernel, emit, launch
+from ember.compiler.kernel import (
+    Buffer,
+    LoopKernel,
+    Reduce,
+    Store,
+    broadcast_strides,
+    load,
+    op,
+    reduction_domain,
+)
+from ember.ir.dtypes import float32, float64, from_numpy_dtype, int32
+
+
+@pytest.fixture(scope="module", autouse=True)
+def private_cache(tmp_path_factory: pytest.TempPathFactory):
+    with settings.override(cache_dir=str(tmp_path_factory.mktemp("kernel-cache"))):
+        yield
+
+
+def view_buffer(name: str, array: np.ndarray) -> Buffer:
+    """A buffer describing numpy view ``array`` (strides in elements, offset 0)."""
+    strides = tuple(s // array.itemsize for s in array.strides)
+    return Buffer(name, from_numpy_dtype(array.dtype), array.shape, strides)
+
+
+@functools.cache
+def binary_kernel(
+    name: str, a_layout: tuple, b_layout: tuple, shape: tuple, dtype_name: str
+) -> object:
+    """Compiled ``out = name(a, b)`` for given input layouts (cached across tests)."""
+    dtype = from_numpy_dtype(np.dtype(dtype_name))
+    a = Buffer("a", dtype, *a_layout)
+    b = Buffer("b", dtype, *b_layout)
+    value = op(
+        name, load(a, broadcast_strides(a, shape)), load(b, broadcast_strides(b, shape))
+    )
+    out = Buffer.dense("out", value.dtype, shape)
+    return compile_kernel(
+        LoopKernel(f"{name}_strided", (a, b, out), shape, (), (Store("out", value),))
+    )
+
+
+def run_binary(name: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    shape = np.broadcast_shapes(a.shape, b.shape)
+    la, lb = view_buffer("a", a), view_buffer("b", b)
+    kernel = binary_kernel(
+        name, (la.shape, la.strides), (lb.shape, lb.strides), shape, a.dtype.name
+    )
+    out = np.empty(shape, kernel.kernel.outputs[0].dtype.np_dtype)
+    kernel(a, b, out)
+    return out
+
+
+def test_transposed_sliced_and_expanded_inputs_are_read_in_place() -> None:
+    base = np.arange(120, dtype=np.float32).reshape(10, 12)
+    transposed = base.T[2:9:3]  # (3, 10) with strides (3, 12)
+    row = np.linspace(-1, 1, 10, dtype=np.float32)  # broadcast along rows
+    np.testing.assert_array_equal(run_binary("mul", transposed, row), transposed * row)
+    column = base[::4, :1]  # (3, 1), broadcast along columns
+    np.testing.assert_array_equal(
+        run_binary("sub", base[1::4, ::-1][:, ::-1], column), base[1::4] - column
+    )
+
+
+def test_expanded_input_with_stride_zero() -> None:
+    small = np.array([1.5, -2.0, 3.0], dtype=np.float64)
+    expanded = np.broadcast_to(small, (4, 3))
+    other = np.arange(12, dtype=np.float64).reshape(4, 3)
+    np.testing.assert_array_equal(run_binary("add", expanded, other), expanded + other)
+
+
+def test_offset_views_through_storage_calls() -> None:
+    storage = np.arange(50, dtype=np.float32)
+    a = Buffer("a", float32, (3, 4), (10, 2), offset=5)
+    out = Buffer.dense("out", float32, (3, 4))
+    kernel = compile_kernel(
+        LoopKernel(
+            "offset_view", (a, out), (3, 4), (), (Store("out", op("neg", load(a))),)
+        )
+    )
+    result = np.zeros(12, np.float32)
+    kernel.call_storage(storage, result)
+    want = -np.lib.stride_tricks.as_strided(storage[5:], (3, 4), (40, 8))
+    np.testing.assert_array_equal(result.reshape(3, 4), want)
+
+
+layouts = st.integers(1, 4).flatmap(
+    lambda rank: st.tuples(
+        st.lists(st.integers(1, 6), min_size=rank, max_size=rank),
+        st.permutations(list(range(rank))),
+        st.lists(st.integers(1, 2), min_size=rank, max_size=rank),
+        st.lists(st.booleans(), min_size=rank, max_size=rank),
+    )
+)
+
+
+@hsettings(max_examples=25)
+@given(layout=layouts, dtype=st.sampled_from(["float32", "int32"]))
+def test_random_strided_views_match_numpy(layout: tuple, dtype: str) -> None:
+    shape, perm, steps, expand = layout
+    rng = np.random.default_rng(len(shape))
+    big = (rng.standard_normal([n * s for n, s in zip(shape, steps)]) * 10).astype(
+        dtype
+    )
+    view = big[tuple(slice(None, None, s) for s in steps)].transpose(perm)
+    other = rng.standard_normal(view.shape).astype(dtype)
+    # Expand some dims of the other operand: stride-0 reads.
+    collapsed = other[tuple(slice(0, 1) if e else slice(None) for e in expand)]
+    other = np.broadcast_to(collapsed, view.shape)
+    np.testing.assert_array_equal(run_binary("add", view, other), view + other)
+
+
+# Reductions ---------------------------------------------------------------------------
+
+
+@functools.cache
+def reduce_kernel(
+    kind: str, shape: tuple, strides: tuple, axes: tuple, dtype_name: str
+) -> object:
+    dtype = from_numpy_dtype(np.dtype(dtype_name))
+    x = Buffer("x", dtype, shape, strides)
+    outer, inner, order = reduction_domain(shape, axes)
+    acc = Reduce("acc", kind, load(x, tuple(strides[a] for a in order)))
+    out = Buffer.dense("out", acc.dtype, outer)
+    return compile_kernel(
+        LoopKernel(
+            f"{kind}_axes", (x, out), outer, inner, (acc, Store("out", acc.ref()))
+        )
+    )
+
+
+def run_reduce(kind: str, x: np.ndarray, axes: tuple) -> np.ndarray:
+    buf = view_buffer("x", x)
+    kernel = reduce_kernel(kind, buf.shape, buf.strides, axes, x.dtype.name)
+    out = np.empty(
+        kernel.kernel.outputs[0].shape, kernel.kernel.outputs[0].dtype.np_dtype
+    )
+    kernel(x, out)
+    return out
+
+
+@pytest.mark.parametrize("axes", [(0,), (1,), (2,), (0, 2), (0, 1, 2), (1, 2)])
+@pytest.mark.parametrize("kind", ["sum", "max", "min"])
+def test_reductions_over_axes_match_numpy(kind: str, axes: tuple) -> None:
+    x = np.random.default_rng(1).standard_normal((5, 7, 9)).astype(np.float32)
+    want = getattr(np, {"sum": "sum", "max": "max", "min": "min"}[kind])(x, axis=axes)
+    got = run_reduce(kind, x, axes)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_reduction_of_a_transposed_view_and_integer_sums() -> None:
+    x = np.arange(60, dtype=np.int32).reshape(6, 10).T  # (10, 6), strides (1, 10)
+    got = run_reduce("sum", x, (1,))
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, x.sum(axis=1))
+    np.testing.assert_array_equal(run_reduce("max", x, (0,)), x.max(axis=0))
+
+
+def test_max_and_min_propagate_nan_and_handle_empty_axes() -> None:
+    x = np.ones((3, 8), np.float64)
+    x[1, 5] = np.nan
+    np.testing.assert_array_equal(run_reduce("max", x, (1,)), [1.0, np.nan, 1.0])
+    np.testing.assert_array_equal(run_reduce("min", x, (1,)), [1.0, np.nan, 1.0])
+    empty = np.ones((3, 0), np.float32)
+    np.testing.assert_array_equal(run_reduce("sum", empty, (1,)), [0.0, 0.0, 0.0])
+    np.testing.assert_array_equal(run_reduce("max", empty, (1,)), [-np.inf] * 3)
+
+
+def summation_bound(values: np.ndarray) -> float:
+    """docs/codegen.md: |ember - exact| <= (n/8 + 64) * 2**-53 * sum|x| + half an ulp of
+    the float32 result (sums accumulate in float64 with one partial sum per lane)."""
+    n = values.size
+    result = abs(math.fsum(values.astype(np.float64)))
+    return (n / 8 + 64) * 2.0**-53 * float(np.abs(values).astype(np.float64).sum()) + (
+        float(np.spacing(np.float32(result))) / 2 if values.dtype == np.float32 else 0.0
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sums_stay_within_the_documented_bound_and_beat_pairwise(dtype: type) -> None:
+    rng = np.random.default_rng(2)
+    # Ill-conditioned: large cancelling terms plus small ones.
+    values = np.concatenate(
+        [rng.standard_normal(1 << 18) * 1e4, rng.standard_normal(1 << 18)]
+    ).astype(dtype)
+    values = rng.permutation(np.concatenate([values, -values[: 1 << 17]]))
+    exact = math.fsum(values.astype(np.float64))
+    got = float(run_reduce("sum", values, (0,)))
+    assert abs(got - exact) <= summation_bound(values)
+    if dtype == np.float32:
+        # float64 accumulation is at least as accurate as numpy's float32 pairwise sum.
+        assert abs(got - exact) <= abs(float(values.sum()) - exact) + float(
+            np.spacing(np.float32(exact))
+        )
+
+
+def test_fused_row_softmax_matches_numpy_and_threads_agree() -> None:
+    rows, cols = 300, 257
+    x = Buffer("x", float32, (rows, cols), (cols, 1))
+    y = Buffer.dense("y", float32, (rows, cols))
+    m = Reduce("m", "max", load(x))
+    e = op("exp", op("sub", load(x), m.ref()))
+    s = Reduce("s", "sum", e)
+    kernel = compile_kernel(
+        LoopKernel(
+            "softmax",
+            (x, y),
+            (rows,),
+            (cols,),
+            (m, s, Store("y", op("div", e, s.ref()), inner=True)),
+        )
+    )
+    data = (
+        np.random.default_rng(4).standard_normal((rows, cols)).astype(np.float32) * 20
+    )
+    want = np.exp(data - data.max(1, keepdims=True))
+    want /= want.sum(1, keepdims=True)
+    one, many = np.empty_like(data), np.empty_like(data)
+    kernel(data, one, threads=1)
+    saved = launch.PARALLEL_THRESHOLD
+    launch.PARALLEL_THRESHOLD = 0
+    try:
+        kernel(data, many, threads=2)
+    finally:
+        launch.PARALLEL_THRESHOLD = saved
+    np.testing.assert_allclose(one, want, rtol=2e-6, atol=1e-9)
+    np.testing.assert_array_equal(one, many)
+
+
+def softmax_rows(rows: int, cols: int, name: str) -> LoopKernel:
+    x = Buffer("x", float32, (rows, cols), (cols, 1))
+    y = Buffer.dense("y", float32, (rows, cols))
+    m = Reduce("m", "max", load(x))
+    e = op("exp", op("sub", load(x), m.ref()))
+    s = Reduce("s", "sum", e)
+    value = op("mul", e, op("div", 1.0, s.ref()))
+    stages = (m, s, Store("y", value, inner=True))
+    return LoopKernel(name, (x, y), (rows,), (cols,), stages)
+
+
+def exp_calls(kernel: object) -> int:
+    """How many times the unoptimized IR evaluates exp per inner point."""
+    return kernel.emitted.llvm_ir.count('call float @"ember.exp.f32"')
+
+
+def test_row_cache_computes_exp_once_and_changes_no_bit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cached = compile_kernel(softmax_rows(37, 300, "softmax_cached"))
+    monkeypatch.setattr(emit, "ROW_CACHE_BYTES", 0)
+    recomputed = compile_kernel(softmax_rows(37, 300, "softmax_recomputed"))
+    assert (exp_calls(cached), exp_calls(recomputed)) == (1, 2)
+    data = np.random.default_rng(6).standard_normal((37, 300)).astype(np.float32) * 30
+    one, two = np.empty_like(data), np.empty_like(data)
+    cached(data, one)
+    recomputed(data, two)
+    np.testing.assert_array_equal(one, two)
+    want = np.exp(data - data.max(1, keepdims=True))
+    np.testing.assert_allclose(
+        one, want / want.sum(1, keepdims=True), rtol=3e-6, atol=1e-30
+    )
+
+
+def test_rows_too_long_for_the_row_cache_recompute(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(emit, "ROW_CACHE_BYTES", 4 * 299)
+    kernel = compile_kernel(softmax_rows(3, 300, "softmax_long_rows"))
+    assert exp_calls(kernel) == 2
+    data = np.random.default_rng(7).standard_normal((3, 300)).astype(np.float32)
+    out = np.empty_like(data)
+    kernel(data, out)
+    np.testing.assert_allclose(out.sum(1), 1.0, rtol=1e-5)
+
+
+def test_mse_reduction_split_across_threads_matches_one_thread() -> None:
+    n = 100_003
+    a, b = Buffer("a", float64, (n,), (1,)), Buffer("b", float64, (n,), (1,))
+    out = Buffer.dense("loss", float64, ())
+    d = op("sub", load(a), load(b))
+    total = Reduce("t", "sum", op("mul", d, d))
+    peak = Reduce("p", "max", op("abs", d))
+    kernel = compile_kernel(
+        LoopKernel(
+            "mse",
+            (a, b, out, Buffer.dense("peak", float64, ())),
+            (),
+            (n,),
+            (
+                total,
+                peak,
+                Store("loss", op("div", total.ref(), float(n))),
+                Store("peak", peak.ref()),
+            ),
+        )
+    )
+    assert kernel.emitted.partial_extent == n
+    rng = np.random.default_rng(8)
+    av, bv = rng.standard_normal(n), rng.standard_normal(n)
+    results = []
+    for threads, threshold in ((1, launch.PARALLEL_THRESHOLD), (2, 0), (3, 0)):
+        loss, peak_v = np.empty((), np.float64), np.empty((), np.float64)
+        saved = launch.PARALLEL_THRESHOLD
+        launch.PARALLEL_THRESHOLD = threshold
+        try:
+            kernel(av, bv, loss, peak_v, threads=threads)
+        finally:
+            launch.PARALLEL_THRESHOLD = saved
+        results.append((float(loss), float(peak_v)))
+    want = float(np.mean((av - bv) ** 2))
+    for loss_v, peak_v in results:
+        assert loss_v == pytest.approx(want, rel=1e-14)
+        assert peak_v == np.max(np.abs(av - bv))
+
+
+def test_integer_domain_kernel_with_int32_loads() -> None:
+    x = np.arange(24, dtype=np.int32).reshape(4, 6)[:, ::2]
+    y = np.arange(48, dtype=np.int32).reshape(8, 6)[::2, 1::2] * -1
+    np.testing.assert_array_equal(run_binary("maximum", x, y), np.maximum(x, y))
+    assert int32 is from_numpy_dtype(x.dtype)
