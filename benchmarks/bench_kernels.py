@@ -197,10 +197,11 @@ def _thread_timings(kernel: LoopKernel, n: int,
     out = np.empty(kernel.outputs[0].shape, np.float32)
     one: list[float] = []
     many: list[float] = []
+    every = launch.default_threads()
     for _ in range(2):
-        compiled(*arrays, out, threads=None)
+        compiled(*arrays, out, threads=every)
     for _ in range(repeats):
-        for threads, times in ((1, one), (None, many)):
+        for threads, times in ((1, one), (every, many)):
             start = time.perf_counter()
             compiled(*arrays, out, threads=threads)
             times.append(time.perf_counter() - start)

@@ -30,7 +30,7 @@ FLOAT_DTYPES = (dtypes.float32, dtypes.float64)
 NUMERIC_DTYPES = (dtypes.float32, dtypes.float64, dtypes.int32, dtypes.int64)
 
 
-# Values ---------------------------------------------------------------------------
+# Values -------------------------------------------------------------------------------
 
 
 def elements(dtype: dtypes.DType) -> st.SearchStrategy[Any]:
@@ -74,7 +74,7 @@ def shapes(
     )
 
 
-# Strided pairs ---------------------------------------------------------------------
+# Strided pairs ------------------------------------------------------------------------
 
 
 @dataclass
@@ -187,7 +187,7 @@ def strided_pairs(
     return Pair(a, t, base, base_tensor, steps)
 
 
-# Type promotion oracle -----------------------------------------------------------
+# Type promotion oracle ----------------------------------------------------------------
 
 # torch.promote_types over the dtypes ember has, as PyTorch documents it: a higher
 # category (bool < integer < floating) wins, then the wider type.
@@ -246,7 +246,7 @@ def expected_result_dtype(operands: Sequence[tuple[str, Any]]) -> dtypes.DType:
     return dtypes.by_name(result)
 
 
-# Layout oracles --------------------------------------------------------------------
+# Layout oracles -----------------------------------------------------------------------
 
 
 def element_offsets(

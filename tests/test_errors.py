@@ -48,7 +48,7 @@ def _sections() -> dict[str, tuple[str, str]]:
     return result
 
 
-# The documentation ----------------------------------------------------------------
+# The documentation --------------------------------------------------------------------
 
 
 def test_every_error_class_is_documented_with_its_code() -> None:
@@ -107,7 +107,7 @@ def test_codes_are_unique_and_the_module_tree_names_every_class() -> None:
         assert re.search(rf"{cls.__name__}\b.*{re.escape(cls.code)}\b", tree), cls
 
 
-# Error objects --------------------------------------------------------------------
+# Error objects ------------------------------------------------------------------------
 
 
 def test_messages_carry_code_fields_hint_and_the_callers_line() -> None:
@@ -138,7 +138,7 @@ def test_every_error_pickles_with_its_fields(cls: type[EmberError]) -> None:
     assert str(copy) == str(error)
 
 
-# Error paths ----------------------------------------------------------------------
+# Error paths --------------------------------------------------------------------------
 
 
 def _x() -> ember.Tensor:
@@ -337,7 +337,7 @@ CASES: dict[str, Case] = {
     "softmax-int": (
         lambda: ember.arange(4).softmax(0),
         DTypeError,
-        r"softmax: needs floating-point tensors, got i64\[4\]",
+        r"softmax: needs a floating-point tensor, got i64\[4\]",
     ),
     "where-cond": (
         lambda: ember.where(_x(), _x(), _x()),

@@ -95,7 +95,7 @@ def test_propagate_meta_keeps_dtype_errors_typed() -> None:
           output(%s)
         }
     """
-    with pytest.raises(DTypeError, match="softmax: needs floating-point"):
+    with pytest.raises(DTypeError, match="softmax: needs a floating-point tensor"):
         apply(text, "propagate_meta")
 
 

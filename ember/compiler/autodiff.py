@@ -48,12 +48,14 @@ from ember.compiler.passes.graph_builder import GraphBuilder, NodeValue
 from ember.errors import (
     AutogradError,
     GradientMismatchError,
+    InplaceModificationError,
     MissingGradError,
     NonScalarLossError,
+    SourceLocation,
 )
 from ember.ir import functions as F
 from ember.ir import gradients  # noqa: F401  (fills the registry's gradient slots)
-from ember.ir.gradients import fit_gradient
+from ember.ir.gradients import fit_gradient, save_plan
 from ember.ir.graph import Graph, Node
 from ember.ir.registry import GradContext, get_op
 from ember.ir.schedule import ReverseOrder
@@ -72,7 +74,10 @@ class ScheduleStats:
 
     def summary(self) -> str:
         """``12 nodes, 19 edges, 3 accumulations``."""
-        return f"{self.nodes} nodes, {self.edges} edges, {self.accumulations} accumulations"
+        return (
+            f"{self.nodes} nodes, {self.edges} edges, "
+            f"{self.accumulations} accumulations"
+        )
 
 
 @dataclass
@@ -122,9 +127,10 @@ def differentiate(
         for position in range(len(outputs)) if roots is None else roots:
             value = outputs[position]
             if value in requires:
-                seeds[position] = _seed(joint, builder, value, implicit)
-                run.send(value, seeds[position])
-        starts = [outputs[i] for i, seed in enumerate(seeds) if seed is not None]
+                seed = _seed(joint, builder, value, implicit)
+                seeds[position] = seed
+                run.send(value, seed)
+        starts = [outputs[i] for i, s in enumerate(seeds) if s is not None]
         for node in ReverseOrder(starts, run.edges_of, order.__getitem__):
             run.apply(node)
     found = [run.grads.get(t) for t in targets]
@@ -233,17 +239,19 @@ class _Backward:
             )
         fitted: list[Node | None] = []
         for i, (value, operand, need) in enumerate(zip(grads, node.inputs, needs)):
+            meta = operand.meta
+            assert meta is not None
             if not need:
                 fitted.append(None)
             elif value is None:
                 raise MissingGradError(
                     f"the gradient rule of {op.name} returned no gradient for input "
-                    f"{i} of %{node.name} ({operand.meta.type_str()}), which needs one",
+                    f"{i} of %{node.name} ({meta.type_str()}), which needs one",
                     op=op.name,
                     location=node.loc,
                 )
             else:
-                fitted.append(fit_gradient(value, operand.meta, op.name).node)
+                fitted.append(fit_gradient(value, meta, op.name).node)
         return fitted
 
 
@@ -280,3 +288,72 @@ def _name_gradients(
             continue
         if grad.kind == "call" and not grad.name.endswith(".grad"):
             grad.name = graph.unique_name(f"{target.name}.grad")
+
+
+def check_inplace_writes(
+    graph: Graph,
+    wrt: Sequence[Node],
+    overwritten: dict[str, SourceLocation | None],
+) -> None:
+    """Fail as eager autograd would when the model wrote in place into a value that
+    requires grad (AutogradError), or into a value a gradient rule reads, after it
+    read it (InplaceModificationError); tracing recorded each write as a new value.
+
+    ``overwritten`` maps the names of the values written in place to the line of
+    the write (:attr:`ember.compiler.trace.TraceResult.overwritten`). Only rules
+    that backward from the outputs would run are checked, each reading what
+    :func:`ember.ir.gradients.save_plan` declares, so this raises exactly where the
+    eager version check does.
+    """
+    if not overwritten:
+        return
+    requires = needs_gradient(graph, wrt)
+    for node in graph.nodes:
+        if node.name in overwritten and node in requires:
+            raise AutogradError(
+                f"%{node.name}: in-place operation on a tensor that requires grad",
+                op=node.op,
+                hint="wrap the update in `with ember.no_grad():`, or use the "
+                "out-of-place form (x = x + y)",
+                location=overwritten[node.name],
+            )
+    reached = {n for n in _ancestors(graph.outputs) if n in requires}
+    for node in graph.nodes:
+        if node not in reached or node.kind != "call":
+            continue
+        needs = tuple(v in requires for v in node.inputs)
+        positions, reads_output = save_plan(node.op or "", needs)
+        read = [(f"input {p}", node.inputs[p]) for p in positions]
+        if reads_output:
+            read.append(("output", node))
+        for which, value in read:
+            if value.name in overwritten:
+                _inplace_error(node, which, value, overwritten[value.name])
+
+
+def _ancestors(values: Sequence[Node]) -> set[Node]:
+    found: set[Node] = set()
+    stack = list(values)
+    while stack:
+        node = stack.pop()
+        if node not in found:
+            found.add(node)
+            stack.extend(node.inputs)
+    return found
+
+
+def _inplace_error(
+    node: Node, which: str, value: Node, where: SourceLocation | None
+) -> None:
+    assert value.meta is not None
+    at = f" at {where.file}:{where.line}" if where is not None else ""
+    raise InplaceModificationError(
+        f"{value.meta.type_str()} %{value.name}, the {which} of {node.op} saved for "
+        f"backward, is modified in place afterwards{at}: its gradient would be wrong",
+        op=node.op,
+        expected="the value the op read",
+        actual="a value written in place after the op read it",
+        hint="use the out-of-place form of the later op (x = x * 2), or .clone() "
+        "the value before modifying it",
+        location=node.loc,
+    )

@@ -170,7 +170,10 @@ class _Specializer:
         else:
             from ember.compiler.training import TrainingProgram
 
-            program = TrainingProgram(traced.graph, build, *gradient)
+            inputs, names = gradient
+            program = TrainingProgram(
+                traced.graph, build, inputs, names, overwritten=traced.overwritten
+            )
         entry = _Entry(key, traced, program)
         self.cache[key] = entry
         if len(self.cache) > CACHE_LIMIT:
@@ -198,8 +201,15 @@ def _gradient_key(
     if not is_grad_enabled():
         return None
     inputs = tuple(i for i, t in enumerate(leaves) if t.requires_grad)
-    names = tuple(name for name, t in params.items() if t.requires_grad)
+    names = tuple(sorted(name for name, t in params.items() if t.requires_grad))
     return (inputs, names) if inputs or names else None
+
+
+def _show_gradient(key: tuple[tuple[int, ...], tuple[str, ...]] | None) -> str:
+    if key is None:
+        return "nothing"
+    inputs, names = key
+    return f"inputs {list(inputs)} and parameters {list(names)}"
 
 
 def _is_value(value: Any) -> bool:
@@ -229,7 +239,9 @@ def _describe_changes(old: _Entry, key: tuple[Any, ...]) -> list[str]:
     spec, inputs, training, params, gradient = key
     changes = []
     if gradient != old_gradient:
-        changes.append(f"differentiated values {old_gradient} -> {gradient}")
+        changes.append(
+            f"gradients for {_show_gradient(old_gradient)} -> {_show_gradient(gradient)}"
+        )
     if spec != old_spec:
         changes.append("the argument structure or a non-tensor argument changed")
     names = [n.name for n in old.traced.graph.inputs]

@@ -134,8 +134,10 @@ def partition(joint: JointGraph) -> TrainingGraphs:
     backward_graph = _extract(
         graph,
         _ancestors(grad_outputs, stop=set(saved) | seeds),
-        {v: v.meta for v in saved}
-        | {s: TensorMeta.contiguous(s.meta.shape, s.meta.dtype) for s in seed_nodes},
+        {v: _meta(v) for v in saved}
+        | {
+            s: TensorMeta.contiguous(_meta(s).shape, _meta(s).dtype) for s in seed_nodes
+        },
         grad_outputs,
         f"{graph.name}.backward",
     )
@@ -151,6 +153,11 @@ def partition(joint: JointGraph) -> TrainingGraphs:
         joint.stats,
         plan.recomputed,
     )
+
+
+def _meta(node: Node) -> TensorMeta:
+    assert node.meta is not None, f"%{node.name} has no meta"
+    return node.meta
 
 
 def _ancestors(values: Iterable[Node], stop: set[Node] | None = None) -> set[Node]:
@@ -213,8 +220,22 @@ class _SavePlan:
         if plan is not None and self._worth_recomputing(value, plan[1]):
             self._recompute(value, *plan)
             return
-        consumer = next(u for u in value.users if u in self.backward)
-        self.reasons[value] = f"read by %{consumer.name} ({consumer.op})"
+        self.reasons[value] = self._why_saved(value, plan)
+
+    def _why_saved(self, value: Node, plan: tuple[set[Node], set[Node]] | None) -> str:
+        readers = [u for u in value.users if u in self.backward]
+        reader = readers[0] if readers else value
+        text = f"read by %{reader.name} ({reader.op})"
+        if plan is not None:
+            names = ", ".join(sorted(f"%{n.name}" for n in plan[1]))
+            return f"{text}; recomputing it needs {names} saved, no fewer bytes"
+        kind = get_op(value.op or "").kind
+        if kind not in (OpKind.POINTWISE, OpKind.VIEW):
+            return f"{text}; a {kind.value} is not recomputed"
+        blocking = next(u for u in readers if get_op(u.op or "").kind not in _FUSIBLE)
+        if blocking is reader:
+            return f"{text}, which cannot fuse a recomputation"
+        return f"{text}; %{blocking.name} ({blocking.op}) cannot fuse a recomputation"
 
     def _recompute_plan(
         self, value: Node, depth: int
@@ -250,8 +271,8 @@ class _SavePlan:
         return value.kind in _FREE or value in self.reasons or value in self.recompute
 
     def _worth_recomputing(self, value: Node, frontier: set[Node]) -> bool:
-        cost = sum(n.meta.nbytes for n in frontier if n.kind != "input")  # type: ignore[union-attr]
-        return cost == 0 or cost < value.meta.nbytes  # type: ignore[union-attr]
+        cost = sum(_meta(n).nbytes for n in frontier if n.kind != "input")
+        return cost == 0 or cost < _meta(value).nbytes
 
     def _recompute(self, value: Node, chain: set[Node], frontier: set[Node]) -> None:
         self.recompute |= chain | {value}
@@ -261,11 +282,17 @@ class _SavePlan:
                 if node.kind == "input"
                 else f"read to recompute %{value.name}"
             )
-        sources = ", ".join(sorted(f"%{n.name}" for n in frontier))
+        steps = chain | {value}
+        sources = {
+            f"%{v.name}"
+            for node in steps
+            for v in node.inputs
+            if v not in steps and v.kind != "const"
+        }
         self.recomputed.append(
             f"%{value.name} ({value.op}): recomputed from "
-            f"{sources or 'parameters and constants'} instead of saving "
-            f"{value.meta.nbytes} bytes"  # type: ignore[union-attr]
+            f"{', '.join(sorted(sources)) or 'constants'} instead of saving "
+            f"{_meta(value).nbytes} bytes"
         )
 
     def saved_in_order(self) -> list[Node]:
@@ -310,11 +337,12 @@ def _copy_node(graph: Graph, node: Node, twins: dict[Node, Node]) -> Node:
     if node.kind == "const":
         assert node.value is not None
         return graph.const(node.value, node.meta, node.name, loc=node.loc)
+    # The meta comes from the op's rule again: a saved view becomes an input whose
+    # offset is 0, and the views the backward takes of it move with it.
     return graph.call(
         node.op or "",
         [twins[v] for v in node.inputs],
         node.attrs,
-        meta=node.meta,
         loc=node.loc,
         name=node.name,
     )
@@ -330,8 +358,9 @@ def format_backward(graphs: TrainingGraphs) -> str:
 
     lines = [format_graph(graphs.backward).rstrip("\n"), ""]
     lines.append(
-        f"saved activations: {len(graphs.saved)} values, {graphs.saved_bytes} bytes "
-        "beyond the forward's inputs and outputs"
+        f"saved activations: {_count(len(graphs.saved), 'value')}, "
+        f"{graphs.saved_bytes} bytes beyond the forward's inputs and outputs (whose "
+        "bytes are in parentheses: the caller holds them anyway)"
     )
     rows = [("name", "shape", "dtype", "bytes", "reason", "source")]
     for saved in graphs.saved:
@@ -349,7 +378,7 @@ def format_backward(graphs: TrainingGraphs) -> str:
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row, widths)]
         lines.append(("  " + "  ".join(cells) + "  " + row[5]).rstrip())
-    lines.append(f"recomputed in backward: {len(graphs.recomputed)} values")
+    lines.append(f"recomputed in backward: {_count(len(graphs.recomputed), 'value')}")
     lines.extend(f"  {text}" for text in graphs.recomputed)
     lines.append(f"schedule: {graphs.stats.summary()}")
     return "\n".join(lines) + "\n"
@@ -358,4 +387,10 @@ def format_backward(graphs: TrainingGraphs) -> str:
 def _source(loc: SourceLocation | None) -> str:
     if loc is None:
         return "-"
-    return f"{loc.file}:{loc.line}: {loc.code}" if loc.code else f"{loc.file}:{loc.line}"
+    return (
+        f"{loc.file}:{loc.line}: {loc.code}" if loc.code else f"{loc.file}:{loc.line}"
+    )
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"

@@ -41,7 +41,7 @@ import logging
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -164,6 +164,7 @@ class Proxy(TensorMethods):
             )
         if result.dtype is not self.dtype:
             result = result.to(self.dtype)
+        self.tracer.overwritten.setdefault(self.node.name, user_location())
         self.node = self.tracer.node_of(result)
         return self
 
@@ -313,6 +314,8 @@ class Tracer:
         self._lifted: dict[int, tuple[Node, Any]] = {}
         self._scalars: dict[tuple[str, bytes] | None, Node] = {}
         self._scopes: dict[int, str] = {}
+        #: Values written in place (by name), and the user's line that wrote them.
+        self.overwritten: dict[str, SourceLocation | None] = {}
 
     # Setting up ---------------------------------------------------------------------
 
@@ -432,12 +435,15 @@ class TraceResult:
 
     ``input_spec`` lays out the call's arguments (tensors are the graph inputs, in
     order; other values were baked into the graph); ``output_spec`` rebuilds the
-    model's result from the graph's outputs.
+    model's result from the graph's outputs. ``overwritten`` names the values the
+    model wrote in place (recorded as new values), with the line of the write:
+    autodiff refuses to save them, as eager backward would.
     """
 
     graph: Graph
     input_spec: Spec
     output_spec: Spec
+    overwritten: dict[str, SourceLocation | None] = field(default_factory=dict)
 
 
 def trace(
@@ -486,7 +492,7 @@ def trace_call(
     outputs, output_spec = flatten(result, lambda v: isinstance(v, (Proxy, Tensor)))
     graph.output([tracer.node_of(v) for v in outputs])
     logger.debug("traced %s: %d nodes", graph.name, len(graph))
-    return TraceResult(graph, input_spec, output_spec)
+    return TraceResult(graph, input_spec, output_spec, tracer.overwritten)
 
 
 def _is_tensor(value: Any) -> bool:

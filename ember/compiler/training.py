@@ -26,16 +26,28 @@ place after the forward raises InplaceModificationError.
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from ember.compiler.autodiff import check_inplace_writes
+from ember.compiler.interpret import interpret
 from ember.compiler.partition import TrainingGraphs, build_training_graphs
-from ember.errors import InplaceModificationError, UnsupportedError
+from ember.errors import (
+    InplaceModificationError,
+    LoweringError,
+    SourceLocation,
+    UnsupportedError,
+)
 from ember.ir.graph import Graph
+from ember.ir.meta import TensorMeta
 from ember.ir.registry import GradContext, OpDef, OpKind
 from ember.runtime import autograd
 from ember.runtime.factories import zeros
 from ember.runtime.tensor import Tensor
+
+logger = logging.getLogger(__name__)
 
 #: Builds a program from a graph: called with the input tensors and the parameters
 #: by qualified name, it returns the graph's outputs.
@@ -44,7 +56,9 @@ Builder = Callable[[Graph], Callable[[Sequence[Any], Mapping[str, Any]], list[An
 
 class TrainingProgram:
     """Forward and backward programs of a graph, differentiated with respect to the
-    inputs at ``input_positions`` and the parameters named ``param_names``.
+    inputs at ``input_positions`` and the parameters named ``param_names``;
+    ``overwritten`` lists the values the model wrote in place, from the trace (see
+    :func:`~ember.compiler.autodiff.check_inplace_writes`).
 
     Called like a plain program (input tensors, parameters by name), it returns the
     outputs with eager autograd nodes attached; see the module docstring.
@@ -56,23 +70,34 @@ class TrainingProgram:
         build: Builder,
         input_positions: Sequence[int],
         param_names: Sequence[str],
+        overwritten: dict[str, SourceLocation | None] | None = None,
     ) -> None:
         from ember.compiler.passes import optimize
 
+        wanted = set(param_names)
+        check_inplace_writes(
+            graph,
+            [graph.inputs[i] for i in input_positions]
+            + [n for n in graph.params if n.kind == "param" and n.target in wanted],
+            overwritten or {},
+        )
         optimized = optimize(graph.copy())
         inputs = optimized.inputs
-        wanted = set(param_names)
         wrt = [inputs[i] for i in input_positions] + [
             n for n in optimized.params if n.kind == "param" and n.target in wanted
         ]
         self.graphs: TrainingGraphs = build_training_graphs(optimized, wrt)
         self.forward = build(self.graphs.forward)
-        self.backward = build(self.graphs.backward)
+        self.backward = self._build_backward(build, graph.name)
         # Which argument each differentiated value is: ("input", i) or ("param", name)
         self._wrt = [("input", i) for i in input_positions] + [
             ("param", n.target or "") for n in wrt[len(input_positions) :]
         ]
-        self._seed_metas = [self.graphs.forward.outputs[i].meta for i in self.graphs.seeds]
+        self._seed_metas: list[TensorMeta] = []
+        for position in self.graphs.seeds:
+            meta = self.graphs.forward.outputs[position].meta
+            assert meta is not None
+            self._seed_metas.append(meta)
         self._op = OpDef(
             f"compiled {graph.name}",
             OpKind.COMPOSITE,
@@ -81,6 +106,18 @@ class TrainingProgram:
             grad=_run_backward,
             doc="the compiled backward of a compiled model",
         )
+
+    def _build_backward(self, build: Builder, name: str) -> Any:
+        """The backend's program for the backward graph; the interpreter's when the
+        backend cannot lower one of its ops (a slice's gradient, ``scatter_slice``,
+        has no native kernel), so training still works, more slowly."""
+        try:
+            return build(self.graphs.backward)
+        except LoweringError as error:
+            logger.info(
+                "backward of %s runs on the interpreter: %s", name, error.message
+            )
+            return functools.partial(interpret, self.graphs.backward)
 
     def __call__(
         self, inputs: Sequence[Tensor], params: Mapping[str, Tensor]
@@ -146,7 +183,7 @@ class _BackwardCall:
         self._check_versions(seed)
         metas = self.program._seed_metas
         seeds = [
-            grad if i == seed else zeros(*m.shape, dtype=m.dtype)  # type: ignore[union-attr]
+            grad if i == seed else zeros(*m.shape, dtype=m.dtype)
             for i, m in enumerate(metas)
         ]
         if not grad.is_contiguous():

@@ -92,8 +92,6 @@ def clamp(x: Value, min: Any = None, max: Any = None) -> Value:  # noqa: A002
     against ``x`` through ``maximum`` and ``minimum``, as in PyTorch.
     """
     if _is_value(min) or _is_value(max):
-        if min is None and max is None:
-            return call("clamp", (x,), {"min": None, "max": None})
         result = x if min is None else maximum(x, min)
         return result if max is None else minimum(result, max)
     return call("clamp", (x,), {"min": min, "max": max})
@@ -235,7 +233,7 @@ def _shape_arg(shape: tuple[Any, ...], op: str) -> tuple[int, ...]:
     """Sizes as Python ints; a float, a bool or a dtype is a ShapeError."""
     sizes = _unpack(shape)
     for size in sizes:
-        if not hasattr(type(size), "__index__") or isinstance(size, bool):
+        if not layout.is_int_like(size):
             raise ShapeError(
                 f"{op}: sizes must be ints, got {size!r} in {sizes}",
                 op=op,
@@ -250,7 +248,7 @@ def _shape_arg(shape: tuple[Any, ...], op: str) -> tuple[int, ...]:
 
 def _index_arg(value: Any, what: str, op: str) -> int:
     """An int argument (index, start, length): ints and int-likes, never bools."""
-    if not hasattr(type(value), "__index__") or isinstance(value, bool):
+    if not layout.is_int_like(value):
         raise IndexingError(
             f"{op}: {what} must be an int, got {type(value).__name__}",
             op=op,
@@ -375,7 +373,8 @@ def narrow(x: Value, dim: int, start: int, length: int) -> Value:
 def select(x: Value, dim: int, index: int) -> Value:
     """The slice at ``index`` along ``dim``, with that dim removed."""
     dim = _dim_attr(x, dim, "select")
-    return call("select", (x,), {"dim": dim, "index": _index_arg(index, "index", "select")})
+    index = _index_arg(index, "index", "select")
+    return call("select", (x,), {"dim": dim, "index": index})
 
 
 def cat(tensors: Sequence[Value], dim: int = 0) -> Value:

@@ -231,7 +231,7 @@ def check_slice_step(step: int, op: str) -> None:
         )
 
 
-def _is_integer(value: object) -> bool:
+def is_int_like(value: object) -> bool:
     """True for ints and int-like objects (numpy integers), never for bools."""
     return hasattr(type(value), "__index__") and not isinstance(value, bool)
 
@@ -243,7 +243,7 @@ def normalize_dim(
 
     ``shape``, when given, is named in the error message.
     """
-    if not _is_integer(dim):
+    if not is_int_like(dim):
         raise IndexingError(
             f"{op}: dim must be an int, got {type(dim).__name__}",
             op=op,
@@ -277,9 +277,11 @@ def normalize_dims(
     """Normalize one dim, a sequence of dims (no repeats) or None (every dim)."""
     if dims is None:
         return tuple(range(ndim))
-    if _is_integer(dims):
-        dims = (dims,)  # type: ignore[assignment]
-    elif not isinstance(dims, (tuple, list)):
+    if is_int_like(dims):
+        listed: tuple[int, ...] = (dims,)  # type: ignore[assignment]
+    elif isinstance(dims, (tuple, list)):
+        listed = tuple(dims)
+    else:
         raise IndexingError(
             f"{op}: dim must be an int, a tuple of ints or None, got "
             f"{type(dims).__name__}",
@@ -287,13 +289,13 @@ def normalize_dims(
             expected="an int, a tuple of ints or None",
             actual=dims,
         )
-    result = tuple(normalize_dim(d, ndim, op, shape=shape) for d in dims)
+    result = tuple(normalize_dim(d, ndim, op, shape=shape) for d in listed)
     if len(set(result)) != len(result):
         raise IndexingError(
-            f"{op}: dimension list {tuple(dims)} names a dimension twice",
+            f"{op}: dimension list {listed} names a dimension twice",
             op=op,
             expected="distinct dimensions",
-            actual=tuple(dims),
+            actual=listed,
         )
     return result
 

@@ -473,7 +473,10 @@ class _Run:
 
     def edges_into_nodes(self, node: Node) -> list[Node]:
         """The recorded nodes ``node`` sends a gradient to (none if it does not run)."""
-        if self.keep is not None and node not in self.keep:
+        keep = self.keep
+        if keep is None:  # backward(): every edge takes part
+            return [t for t in node.edges if type(t) is Node]
+        if node not in keep:
             return []
         return [t for t in node.edges if type(t) is Node and self.receives(t)]
 

@@ -83,16 +83,9 @@ class Tensor(TensorMethods):
 
     @classmethod
     def _make(cls, storage: Storage, meta: TensorMeta) -> Tensor:
+        """A tensor over existing storage (a view); the layout must fit in it."""
         assert layout.within_bounds(meta.shape, meta.strides, meta.offset, storage.size)
-        t = object.__new__(cls)
-        t._storage = storage
-        t._meta = meta
-        t._array = None
-        t.requires_grad = False
-        t.grad = None
-        t.grad_fn = None
-        t._retains_grad = False
-        return t
+        return cls._new(storage, meta, None)
 
     @classmethod
     def _from_array(cls, array: np.ndarray, meta: TensorMeta | None = None) -> Tensor:
@@ -100,8 +93,12 @@ class Tensor(TensorMethods):
         if meta is None:
             meta = TensorMeta.contiguous(array.shape, dtypes.from_numpy_dtype(array.dtype))
         assert array.shape == meta.shape and array.flags.c_contiguous
+        return cls._new(Storage(array.reshape(-1)), meta, array)
+
+    @classmethod
+    def _new(cls, storage: Storage, meta: TensorMeta, array: np.ndarray | None) -> Tensor:
         t = object.__new__(cls)
-        t._storage = Storage(array.reshape(-1))
+        t._storage = storage
         t._meta = meta
         t._array = array
         t.requires_grad = False
@@ -319,7 +316,8 @@ class Tensor(TensorMethods):
             return self._write(src, op)
         if not (is_scalar(src) or isinstance(src, (list, tuple, np.ndarray))):
             raise DTypeError(
-                f"{op}: expected a tensor, an array or a number, got {type(src).__name__}",
+                f"{op}: expected a tensor, an array or a number, got "
+                f"{type(src).__name__}",
                 op=op,
                 expected="a tensor, a numpy array, a (nested) list or a number",
                 actual=repr(src)[:80],

@@ -42,7 +42,10 @@ def _is_value(obj: Any) -> builtins.bool:
 
 
 def _split_sizes(
-    split_size: Any, size: builtins.int, shape: tuple[builtins.int, ...], dim: builtins.int
+    split_size: Any,
+    size: builtins.int,
+    shape: tuple[builtins.int, ...],
+    dim: builtins.int,
 ) -> list[builtins.int]:
     """The piece sizes of ``split``: a list as given, or an int repeated."""
     if isinstance(split_size, (list, tuple)):
@@ -56,9 +59,7 @@ def _split_sizes(
                 actual=tuple(sizes),
             )
         return sizes
-    if isinstance(split_size, builtins.bool) or not isinstance(split_size, builtins.int) or (
-        split_size < 1
-    ):
+    if not _positive_int(split_size):
         raise ShapeError(f"split: split_size must be a positive int or a list of ints, "
                          f"got {split_size!r}", op="split", expected="an int >= 1",
                          actual=split_size)
@@ -71,6 +72,14 @@ def _scaled(other: Any, alpha: Any) -> Any:
     if alpha == 1:
         return other
     return F.mul(other, alpha) if _is_value(other) else other * alpha
+
+
+def _positive_int(value: Any) -> builtins.bool:
+    return (
+        isinstance(value, builtins.int)
+        and not isinstance(value, builtins.bool)
+        and value >= 1
+    )
 
 
 def _comparable(obj: Any) -> builtins.bool:
@@ -259,7 +268,8 @@ class TensorMethods:
         view of themselves, as in PyTorch."""
         if self.ndim > 2:
             raise ShapeError(
-                f"t(): expects a tensor with at most 2 dimensions, got shape {self.shape}",
+                "t(): expects a tensor with at most 2 dimensions, got shape "
+                f"{self.shape}",
                 op="t",
                 expected="at most 2 dimensions",
                 actual=self.shape,
@@ -277,9 +287,12 @@ class TensorMethods:
         """The views ``select(dim, i)`` for every index ``i``."""
         dim = layout.normalize_dim(dim, self.ndim, "unbind", shape=self.shape)
         if self.ndim == 0:
-            raise IndexingError("unbind: a 0-d tensor has no dimension to unbind",
-                                op="unbind", expected="a tensor with 1 dimension or more",
-                                actual=self.shape)
+            raise IndexingError(
+                "unbind: a 0-d tensor has no dimension to unbind",
+                op="unbind",
+                expected="a tensor with 1 dimension or more",
+                actual=self.shape,
+            )
         return tuple(F.select(self, dim, i) for i in range(self.shape[dim]))
 
     def split(self: V, split_size: Any, dim: builtins.int = 0) -> tuple[V, ...]:
@@ -294,9 +307,7 @@ class TensorMethods:
     def chunk(self: V, chunks: builtins.int, dim: builtins.int = 0) -> tuple[V, ...]:
         """At most ``chunks`` views of equal size along ``dim`` (the last may be
         shorter, and fewer come back when the size does not allow more)."""
-        if isinstance(chunks, builtins.bool) or not isinstance(chunks, builtins.int) or (
-            chunks < 1
-        ):
+        if not _positive_int(chunks):
             raise ShapeError(f"chunk: chunks must be a positive int, got {chunks!r}",
                              op="chunk", expected="an int >= 1", actual=chunks)
         dim = layout.normalize_dim(dim, self.ndim, "chunk", shape=self.shape)

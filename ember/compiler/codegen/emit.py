@@ -151,7 +151,7 @@ class _FunctionEmitter:
     # Function scaffolding ------------------------------------------------------------
 
     def _body(self, name: str, extra: Sequence[ir.Type]) -> list[ir.Value]:
-        """Start the always-inlined body function; returns its extra arguments."""
+        """Start the loop body function; returns its extra arguments."""
         n = len(self.kernel.buffers)
         fnty = ir.FunctionType(ir.VoidType(), [PTR] * n + list(extra))
         self.fn = ir.Function(self.module, fnty, name=f"{name}.body")

@@ -16,25 +16,14 @@ from ember.ir.layout import broadcast_shapes, normalize_dim
 from ember.ir.meta import TensorMeta
 from ember.ir.ops.matmul import matmul_shape
 from ember.ir.ops.pointwise import erf_reference, promoted
+from ember.ir.ops.reduction import require_float
 from ember.ir.registry import Attrs, OpDef, OpKind, register
-
-
-def _require_float(metas: Sequence[TensorMeta], op: str) -> None:
-    for m in metas:
-        if not m.dtype.is_floating_point:
-            raise DTypeError(
-                f"{op}: needs floating-point tensors, got {m.type_str()}",
-                op=op,
-                expected="float32 or float64",
-                actual=m.dtype.name,
-                hint="convert with .float() first",
-            )
 
 
 def _softmax_meta(op: str):
     def meta(metas: Sequence[TensorMeta], attrs: Attrs) -> TensorMeta:
         (x,) = metas
-        _require_float(metas, op)
+        require_float(metas, op)
         normalize_dim(attrs["dim"], x.ndim, op)
         return TensorMeta.contiguous(x.shape, x.dtype)
 
@@ -59,7 +48,7 @@ def _log_softmax_reference(arrays: Sequence[np.ndarray], attrs: Attrs) -> np.nda
 
 
 def _gelu_meta(metas: Sequence[TensorMeta], attrs: Attrs) -> TensorMeta:
-    _require_float(metas, "gelu")
+    require_float(metas, "gelu")
     return TensorMeta.contiguous(metas[0].shape, metas[0].dtype)
 
 
@@ -79,7 +68,7 @@ def _linear_meta(metas: Sequence[TensorMeta], attrs: Attrs) -> TensorMeta:
     shape = matmul_shape(x.shape, (w.shape[1], w.shape[0]))
     if len(metas) == 3:
         shape = broadcast_shapes(shape, metas[2].shape, op="linear")
-    _require_float(metas, "linear")
+    require_float(metas, "linear")
     if len({m.dtype for m in metas}) != 1:
         raise DTypeError(
             "linear: input, weight and bias must share a dtype, got "
@@ -101,7 +90,7 @@ _REDUCTIONS = ("mean", "sum", "none")
 def _loss_meta(op: str):
     def meta(metas: Sequence[TensorMeta], attrs: Attrs) -> TensorMeta:
         pred, target = metas
-        _require_float(metas, op)
+        require_float(metas, op)
         if pred.shape != target.shape:
             raise ShapeError(
                 f"{op}: prediction shape {pred.shape} differs from target shape "

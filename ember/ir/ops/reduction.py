@@ -31,15 +31,17 @@ def _dims(meta: TensorMeta, attrs: Attrs, op: str) -> tuple[int, ...]:
     return normalize_dims(attrs.get("dims"), meta.ndim, op)
 
 
-def _require_float(meta: TensorMeta, op: str) -> None:
-    if not meta.dtype.is_floating_point:
-        raise DTypeError(
-            f"{op}: needs a floating-point tensor, got {meta.type_str()}",
-            op=op,
-            expected="float32 or float64",
-            actual=meta.dtype.name,
-            hint="convert with .float() first",
-        )
+def require_float(metas: Sequence[TensorMeta], op: str) -> None:
+    """DTypeError unless every meta is floating point (mean, var, softmax, ...)."""
+    for meta in metas:
+        if not meta.dtype.is_floating_point:
+            raise DTypeError(
+                f"{op}: needs a floating-point tensor, got {meta.type_str()}",
+                op=op,
+                expected="float32 or float64",
+                actual=meta.dtype.name,
+                hint="convert with .float() first",
+            )
 
 
 def _axes(x: np.ndarray, attrs: Attrs) -> tuple[int, ...] | None:
@@ -134,7 +136,7 @@ def _arg_reference(fn):
 
 def _mean_meta(metas: Sequence[TensorMeta], attrs: Attrs) -> TensorMeta:
     (x,) = metas
-    _require_float(x, "mean")
+    require_float([x], "mean")
     dims = _dims(x, attrs, "mean")
     return TensorMeta.contiguous(reduced_shape(x.shape, dims, attrs["keepdim"]), x.dtype)
 
@@ -150,7 +152,7 @@ def _mean_reference(arrays: Sequence[np.ndarray], attrs: Attrs) -> np.ndarray:
 
 def _var_meta(metas: Sequence[TensorMeta], attrs: Attrs) -> TensorMeta:
     (x,) = metas
-    _require_float(x, "var")
+    require_float([x], "var")
     dims = _dims(x, attrs, "var")
     correction = attrs.get("correction", 1)
     if not isinstance(correction, int) or correction < 0:

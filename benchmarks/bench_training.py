@@ -1,0 +1,192 @@
+"""Compiled training against hand-written numpy: where ``ember.compile`` stands.
+
+Three workloads, each timed against the numpy program a careful engineer writes:
+
+- MLP training step, batch 256, 64-256-256-1, ReLU, MSE, SGD with momentum 0.9
+  (target: compiled at most 0.8x the numpy step);
+- MLP training step, batch 32, 8-32-1 (target: at most 0.5x numpy);
+- linear regression, 100,000 x 100, minibatch SGD with batch 512 for 5 epochs
+  (target: at most 0.7x the numpy loop, with the same final loss).
+
+The compiled model (``ember.compile(model, backend="llvm")``) runs its forward and
+backward as compiled programs; the loss, ``backward()`` on it and the optimizer stay
+eager, as torch.compile users get them. The MLP steps reuse the numpy step and the
+agreement check of ``bench_train_step.py``; the compiled step must agree with the
+numpy one before anything is timed. Figures are medians of wall-clock time, the
+implementations interleaved so that machine noise hits both alike; compile time is
+excluded (warm-up steps) and reported separately.
+
+Run: ``OPENBLAS_NUM_THREADS=1 python benchmarks/bench_training.py`` (``--repeats N``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+from bench_train_step import CASES, Case, EmberStep, NumpyStep, check_agreement
+
+import ember
+from ember import nn, optim
+
+TARGETS = {CASES[0].name: 0.8, CASES[1].name: 0.5}
+REGRESSION_TARGET = 0.7
+
+
+class CompiledStep(EmberStep):
+    """EmberStep with the model compiled by the LLVM backend."""
+
+    def __init__(self, case: Case, x: np.ndarray, y: np.ndarray) -> None:
+        super().__init__(case, x, y)
+        start = time.perf_counter()
+        self.model = ember.compile(self.model, backend="llvm")
+        self.model(self.x)  # the plain forward program, then the training one
+        loss = self.loss_fn(self.model(self.x), self.y)
+        loss.backward()
+        self.opt.zero_grad()
+        self.compile_seconds = time.perf_counter() - start
+
+
+def median_ms(samples: list[float]) -> float:
+    return statistics.median(samples) * 1e3
+
+
+def interleaved(runners: dict[str, Callable[[], object]], repeats: int) -> dict:
+    """Wall-clock seconds of each runner, ``repeats`` times, in turns."""
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def bench_step(case: Case, repeats: int) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((case.batch, case.dims[0])).astype(np.float32)
+    y = rng.standard_normal((case.batch, case.dims[-1])).astype(np.float32)
+    ember.manual_seed(0)
+    compiled = CompiledStep(case, x, y)
+    ember.manual_seed(0)
+    eager = EmberStep(case, x, y)
+    numpy_step = NumpyStep([w.copy() for w in compiled.weights()], x, y)
+    check_agreement(compiled, numpy_step)
+    interleaved({"warm-up": compiled, "numpy": numpy_step, "eager": eager}, 20)
+
+    times = interleaved(
+        {"ember compiled": compiled, "numpy by hand": numpy_step, "ember eager": eager},
+        repeats,
+    )
+    floor = median_ms(times["numpy by hand"])
+    print(f"\n{case.name} (medians of {repeats} steps, wall ms)")
+    for name, samples in times.items():
+        ms = median_ms(samples)
+        print(f"  {name:15s} {ms:9.3f}  {ms / floor:5.2f}x numpy")
+    ratio = median_ms(times["ember compiled"]) / floor
+    target = TARGETS[case.name]
+    verdict = "met" if ratio <= target else "missed"
+    print(f"  target <= {target}x numpy: {verdict} ({ratio:.2f}x)")
+    print(
+        f"  compile (forward and backward programs): {compiled.compile_seconds:.2f} s"
+    )
+
+
+# Linear regression ------------------------------------------------------------------
+
+SAMPLES, FEATURES, BATCH, EPOCHS, LR = 100_000, 100, 512, 5, 0.05
+
+
+def regression_data() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((SAMPLES, FEATURES)).astype(np.float32)
+    w = rng.standard_normal((FEATURES, 1)).astype(np.float32) / 10
+    y = (x @ w + 0.5 + 0.1 * rng.standard_normal((SAMPLES, 1))).astype(np.float32)
+    return x, y
+
+
+def numpy_regression(x: np.ndarray, y: np.ndarray) -> float:
+    """Minibatch SGD by hand; returns the mean squared error of the last batch."""
+    w = np.zeros((FEATURES, 1), np.float32)
+    b = np.zeros(1, np.float32)
+    loss = 0.0
+    for _ in range(EPOCHS):
+        for start in range(0, SAMPLES, BATCH):
+            xb, yb = x[start : start + BATCH], y[start : start + BATCH]
+            diff = xb @ w
+            diff += b
+            diff -= yb
+            loss = float(np.dot(diff.ravel(), diff.ravel())) / len(yb)
+            diff *= np.float32(2.0 * LR / len(yb))
+            w -= xb.T @ diff
+            b -= diff.sum(0)
+    return loss
+
+
+class CompiledRegression:
+    """The same loop with a compiled ``nn.Linear`` and an eager SGD."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
+        self.x, self.y = ember.from_numpy(x), ember.from_numpy(y)
+        self.module = nn.Linear(FEATURES, 1)
+        self.model = ember.compile(self.module, backend="llvm")
+        # Batches are views of the data: the same layouts every epoch.
+        self.batches = [
+            (self.x[s : s + BATCH], self.y[s : s + BATCH])
+            for s in range(0, SAMPLES, BATCH)
+        ]
+
+    def __call__(self) -> float:
+        with ember.no_grad():
+            self.module.weight.zero_()
+            self.module.bias.zero_()
+        opt = optim.SGD(self.module.parameters(), lr=LR)
+        loss = None
+        for _ in range(EPOCHS):
+            for xb, yb in self.batches:
+                loss = nn.functional.mse_loss(self.model(xb), yb)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        assert loss is not None
+        return loss.item()
+
+
+def bench_regression(repeats: int) -> None:
+    x, y = regression_data()
+    compiled = CompiledRegression(x, y)
+    start = time.perf_counter()
+    compiled_loss = compiled()  # compiles for the full and the last, short batch
+    first = time.perf_counter() - start
+    numpy_loss = numpy_regression(x, y)
+    times = interleaved(
+        {"ember compiled": compiled, "numpy by hand": lambda: numpy_regression(x, y)},
+        repeats,
+    )
+    floor = median_ms(times["numpy by hand"])
+    print(f"\nlinear regression {SAMPLES} x {FEATURES}, batch {BATCH}, {EPOCHS} epochs")
+    for name, samples in times.items():
+        ms = median_ms(samples)
+        print(f"  {name:15s} {ms:9.1f}  {ms / floor:5.2f}x numpy")
+    ratio = median_ms(times["ember compiled"]) / floor
+    verdict = "met" if ratio <= REGRESSION_TARGET else "missed"
+    print(f"  target <= {REGRESSION_TARGET}x numpy: {verdict} ({ratio:.2f}x)")
+    print(f"  final loss: compiled {compiled_loss:.6f}, numpy {numpy_loss:.6f}")
+    print(f"  first run, compiles included: {first * 1e3:.0f} ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--regression-repeats", type=int, default=5)
+    args = parser.parse_args()
+    for case in CASES:
+        bench_step(case, args.repeats)
+    bench_regression(args.regression_repeats)
+
+
+if __name__ == "__main__":
+    main()
