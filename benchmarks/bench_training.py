@@ -93,6 +93,9 @@ def bench_step(case: Case, repeats: int) -> None:
     print(
         f"  compile (forward and backward programs): {compiled.compile_seconds:.2f} s"
     )
+    phases = {name: median_ms(s[-repeats:]) for name, s in compiled.phases.items()}
+    shares = ", ".join(f"{name} {ms:.3f} ms" for name, ms in phases.items())
+    print(f"  compiled step phases (cpu; forward includes the eager loss): {shares}")
 
 
 # Linear regression ------------------------------------------------------------------

@@ -118,8 +118,13 @@ class EmberError(Exception):
 
     def __str__(self) -> str:
         parts = [f"[{self.code}] {self.message}"]
-        if self.expected is not None or self.actual is not None:
-            parts.append(f"  expected: {self.expected}; found: {self.actual}")
+        found = [
+            f"{label}: {value}"
+            for label, value in (("expected", self.expected), ("found", self.actual))
+            if value is not None
+        ]
+        if found:
+            parts.append("  " + "; ".join(found))
         if self.hint:
             parts.append(f"  hint: {self.hint}")
         if self.location is not None:

@@ -39,7 +39,7 @@ line that created it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -317,7 +317,7 @@ def check_inplace_writes(
                 "out-of-place form (x = x + y)",
                 location=overwritten[node.name],
             )
-    reached = {n for n in _ancestors(graph.outputs) if n in requires}
+    reached = {n for n in ancestors(graph.outputs) if n in requires}
     for node in graph.nodes:
         if node not in reached or node.kind != "call":
             continue
@@ -331,13 +331,16 @@ def check_inplace_writes(
                 _inplace_error(node, which, value, overwritten[value.name])
 
 
-def _ancestors(values: Sequence[Node]) -> set[Node]:
+def ancestors(values: Iterable[Node], stop: set[Node] | None = None) -> set[Node]:
+    """``values`` and every node they read, not looking past the nodes in ``stop``."""
     found: set[Node] = set()
     stack = list(values)
     while stack:
         node = stack.pop()
-        if node not in found:
-            found.add(node)
+        if node in found:
+            continue
+        found.add(node)
+        if stop is None or node not in stop:
             stack.extend(node.inputs)
     return found
 

@@ -27,10 +27,15 @@ they had in the joint graph.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ember.compiler.autodiff import JointGraph, ScheduleStats, differentiate
+from ember.compiler.autodiff import (
+    JointGraph,
+    ScheduleStats,
+    ancestors,
+    differentiate,
+)
 from ember.errors import SourceLocation
 from ember.ir.graph import Graph, Node
 from ember.ir.meta import TensorMeta
@@ -116,8 +121,8 @@ def partition(joint: JointGraph) -> TrainingGraphs:
     forward_outputs = outputs[: joint.num_outputs]
     grad_outputs = outputs[joint.num_outputs :]
     seeds = {s for s in joint.seeds if s is not None}
-    forward = _ancestors(forward_outputs)
-    backward = _ancestors(grad_outputs) - forward
+    forward = ancestors(forward_outputs)
+    backward = ancestors(grad_outputs) - forward
     plan = _SavePlan(graph, forward, backward, set(forward_outputs))
     for value in _read_by(backward, grad_outputs, forward):
         plan.decide(value)
@@ -125,7 +130,7 @@ def partition(joint: JointGraph) -> TrainingGraphs:
 
     forward_graph = _extract(
         graph,
-        _ancestors(forward_outputs + saved) | _forward_inputs(graph, seeds),
+        ancestors(forward_outputs + saved) | _forward_inputs(graph, seeds),
         {},
         forward_outputs + saved,
         graph.name,
@@ -133,7 +138,7 @@ def partition(joint: JointGraph) -> TrainingGraphs:
     seed_nodes = [s for s in joint.seeds if s is not None]
     backward_graph = _extract(
         graph,
-        _ancestors(grad_outputs, stop=set(saved) | seeds),
+        ancestors(grad_outputs, stop=set(saved) | seeds),
         {v: _meta(v) for v in saved}
         | {
             s: TensorMeta.contiguous(_meta(s).shape, _meta(s).dtype) for s in seed_nodes
@@ -158,20 +163,6 @@ def partition(joint: JointGraph) -> TrainingGraphs:
 def _meta(node: Node) -> TensorMeta:
     assert node.meta is not None, f"%{node.name} has no meta"
     return node.meta
-
-
-def _ancestors(values: Iterable[Node], stop: set[Node] | None = None) -> set[Node]:
-    """``values`` and every node they read, not looking past the nodes in ``stop``."""
-    found: set[Node] = set()
-    stack = list(values)
-    while stack:
-        node = stack.pop()
-        if node in found:
-            continue
-        found.add(node)
-        if stop is None or node not in stop:
-            stack.extend(node.inputs)
-    return found
 
 
 def _forward_inputs(graph: Graph, seeds: set[Node]) -> set[Node]:
