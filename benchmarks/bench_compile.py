@@ -1,7 +1,8 @@
 """Benchmark ``ember.compile(..., backend="llvm")`` end to end against numpy eager.
 
 Run ``python benchmarks/bench_compile.py`` (``--repeats N`` for more runs,
-``--matmul-crossover`` to measure where BLAS overtakes generated matmul kernels).
+``--matmul-crossover`` to measure where BLAS overtakes generated matmul kernels,
+``--overhead`` for the per-call overhead figures alone).
 Every figure is a median over many calls in this process, ember and numpy measured
 in the same run and interleaved call by call, so machine noise hits both alike. The
 compiled calls go through the whole user-facing path: signature guards, argument
@@ -15,6 +16,9 @@ Workloads (float32):
 * MLP 64-256-256-1 forward at batch 256 (target: no slower than numpy)
 * compile latency of that MLP in a fresh process: first call with a cold kernel cache
   (target < 300 ms), and in a second process with the disk cache warm (< 50 ms)
+* per-call overhead: microseconds per call of ``x*2 + 1`` on 8 elements and of the
+  MLP 8-32-1 forward at batch 32, wall and CPU time (``time.thread_time``, which
+  preemption by other processes does not inflate), next to numpy
 """
 
 from __future__ import annotations
@@ -143,6 +147,59 @@ def bench_kernels(repeats: int) -> list[tuple[str, float, float, float]]:
     return rows
 
 
+def per_call(fns: list[Callable[[], object]], calls: int, rounds: int) -> list[tuple]:
+    """(median wall, median CPU) seconds per call of each function: ``rounds``
+    rounds of ``calls`` back-to-back calls, the functions taking turns by round."""
+    for fn in fns:
+        fn()
+        fn()
+    wall: list[list[float]] = [[] for _ in fns]
+    cpu: list[list[float]] = [[] for _ in fns]
+    for _ in range(rounds):
+        for k, fn in enumerate(fns):
+            start, start_cpu = time.perf_counter(), time.thread_time()
+            for _ in range(calls):
+                fn()
+            wall[k].append((time.perf_counter() - start) / calls)
+            cpu[k].append((time.thread_time() - start_cpu) / calls)
+    return [(statistics.median(w), statistics.median(c)) for w, c in zip(wall, cpu)]
+
+
+def bench_call_overhead(rounds: int) -> list[tuple[str, tuple, tuple]]:
+    """(workload, ember (wall, CPU), numpy (wall, CPU)) per tiny workload, where
+    the per-call cost of the compiled path is nearly all there is."""
+    rows = []
+    x = np.arange(8, dtype=np.float32)
+    tx = ember.from_numpy(x)
+    tiny = ember.compile(lambda v: v * 2 + 1, backend="llvm")
+    ember_t, numpy_t = per_call([lambda: tiny(tx), lambda: x * 2 + 1], 2000, rounds)
+    rows.append(("x*2 + 1, 8 elements", ember_t, numpy_t))
+
+    ember.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1))
+    weights = [(m.weight.numpy(), m.bias.numpy()) for m in model if hasattr(m, "weight")]
+    np_forward = _np_mlp(weights)
+    batch = np.random.default_rng(0).standard_normal((32, 8)).astype(np.float32)
+    tbatch = ember.from_numpy(batch)
+    fast = ember.compile(model, backend="llvm")
+    with ember.no_grad():
+        _check(fast(tbatch), np_forward(batch), "small mlp")
+        ember_t, numpy_t = per_call(
+            [lambda: fast(tbatch), lambda: np_forward(batch)], 500, rounds
+        )
+    rows.append(("MLP 8-32-1 forward, batch 32", ember_t, numpy_t))
+    return rows
+
+
+def _print_overhead(rounds: int) -> None:
+    print(f"{'per call':<40} {'ember wall/cpu':>16} {'numpy wall/cpu':>16} {'ratio':>6}")
+    for name, (wall, cpu), (np_wall, np_cpu) in bench_call_overhead(rounds):
+        print(
+            f"{name:<40} {wall * 1e6:>7.1f}/{cpu * 1e6:>5.1f}us "
+            f"{np_wall * 1e6:>7.1f}/{np_cpu * 1e6:>5.1f}us {cpu / np_cpu:>6.2f}"
+        )
+
+
 # numpy's first matmul starts OpenBLAS's threads (about 20 ms here); numpy eager pays
 # that too, so one warm-up product runs before the clock starts. The compiler stack
 # (llvmlite, the passes, codegen) is imported by the first compile; it is timed on
@@ -222,7 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--matmul-crossover", action="store_true")
+    parser.add_argument("--overhead", action="store_true")
     args = parser.parse_args(argv)
+    if args.overhead:
+        _print_overhead(max(5, args.repeats // 5))
+        return 0
     if args.matmul_crossover:
         print(f"{'size':>6} {'generated':>12} {'BLAS':>12}")
         for size, t_gen, t_blas in bench_matmul_crossover(args.repeats):
@@ -238,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{name:<40} {t_ember * 1e3:>8.3f}ms {t_np * 1e3:>8.3f}ms "
             f"{ratio:>7.3f} {target:>7.2f}{mark}"
         )
+    _print_overhead(max(5, args.repeats // 5))
     for label, figures in bench_latency().items():
         print(
             f"MLP compile, fresh process, {label}: first call "

@@ -150,6 +150,45 @@ def test_random_graphs_give_the_eager_gradients(data):
         np.testing.assert_allclose(mine, want, rtol=1e-9, atol=1e-12, equal_nan=True)
 
 
+@settings(max_examples=30)
+@given(data=st.data())
+def test_random_graphs_schedule_like_the_eager_engine(data):
+    # Same rules run, same gradients sent, same sums: the scheduling is shared.
+    graph = data.draw(
+        graphs(
+            families=("pointwise", "reduction", "view", "matmul"),
+            max_ops=8,
+            max_outputs=1,
+            dtype_choices=(dtypes.float64,),
+            special_values=False,
+        )
+    )
+    inputs = [tensor_for(n.meta, data) for n in graph.inputs]
+    params = {n.target: tensor_for(n.meta, data) for n in graph.params}
+    wrt_inputs = [
+        i for i, n in enumerate(graph.inputs) if n.meta.dtype.is_floating_point
+    ]
+    wrt = [graph.inputs[i] for i in wrt_inputs] + list(graph.params)
+    if graph.outputs[0] not in needs_gradient(graph, wrt):
+        reject()
+    leaves = [t.detach() for t in inputs]
+    for i in wrt_inputs:
+        leaves[i].requires_grad_()
+    named = {k: v.detach().requires_grad_() for k, v in params.items()}
+    try:
+        out = interpret(graph, leaves, named)[0]
+        out.backward(ember.ones(*out.shape, dtype=out.dtype))
+    except EmberError:
+        reject()
+    eager = ember.autograd.last_stats()
+    stats = differentiate(graph, wrt, allow_unused=True).stats
+    assert (stats.nodes, stats.edges, stats.accumulations) == (
+        eager.nodes_run,
+        eager.edges,
+        eager.accumulations,
+    )
+
+
 def _run_partitioned(graphs_: TrainingGraphs, inputs, params, cotangents):
     forward = interpret(graphs_.forward, inputs, params)
     saved = forward[graphs_.num_outputs :]
@@ -272,3 +311,14 @@ def test_views_of_parameters_are_recomputed():
     graph = optimize(trace(f, ember.ones(2, 3), ember.ones(5, 3)))
     parts = build_training_graphs(graph, graph.inputs)
     assert not [s for s in parts.saved if s.name.startswith("permute")]
+
+
+def test_differentiate_leaves_its_graph_alone_and_the_joint_graph_verifies():
+    graph = trace(shared, ember.randn(3, 4), ember.randn(4))
+    before = str(graph)
+    joint = differentiate(graph, graph.inputs)
+    assert str(graph) == before
+    verify(joint.graph)
+    forward_part = [n.name for n in joint.graph.nodes][: len(graph.nodes) - 1]
+    assert forward_part == [n.name for n in graph.nodes][:-1]
+    assert [n.name for n in joint.graph.outputs[1:]] == ["x.grad", "w.grad"]

@@ -237,3 +237,30 @@ def test_an_in_place_write_into_a_value_that_requires_grad_is_refused():
         model(x)
     with pytest.raises(AutogradError, match="in-place operation on a tensor that"):
         ember.compile(model)(x)
+
+
+def test_the_backward_stage_is_written_to_the_dump_folder(tmp_path):
+    from ember import settings
+
+    model = nn.Linear(3, 1)
+    with settings.override(dump_dir=str(tmp_path)):
+        ember.compile(model)(ember.randn(4, 3)).sum().backward()
+    text = (tmp_path / "backward.txt").read_text()
+    assert text.startswith("graph Linear.backward {")
+    assert "saved activations: 1 value" in text
+
+
+def test_turning_requires_grad_off_recompiles_and_says_why(caplog):
+    model = nn.Linear(3, 1)
+    compiled = ember.compile(model)
+    x = ember.randn(4, 3)
+    assert compiled(x).requires_grad
+    model.bias.requires_grad_(False)
+    with caplog.at_level("INFO", logger="ember.compiler.compile"):
+        out = compiled(x)
+    assert (
+        "gradients for inputs [] and parameters ['bias', 'weight'] -> inputs [] "
+        in (caplog.text)
+    )
+    out.sum().backward()
+    assert model.bias.grad is None and model.weight.grad is not None

@@ -20,6 +20,10 @@ that needs one. The outputs that start backward (``roots``, all by default) get 
 explicit gradient, an ``input`` node named ``<output>.grad``, or with
 ``implicit=True`` the implied gradient 1, which only a one-element output has.
 
+What it changes and keeps true: the graph handed in is not modified; the joint
+graph holds an exact copy of it (names, metas, source lines), followed by the
+gradient nodes, and verifies.
+
 Errors are the eager engine's: :class:`~ember.errors.NonScalarLossError` for an
 implied gradient of a bigger output, :class:`~ember.errors.MissingGradError` for a
 requested value no root depends on (unless ``allow_unused``) and for a rule that

@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import operator
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 from ember.compiler.interpret import interpret, layout_key
@@ -128,13 +130,24 @@ class _Specializer:
         self.label = label
         self.cache: OrderedDict[tuple[Any, ...], _Entry] = OrderedDict()
         self.last: _Entry | None = None
+        # The fast guard: calls whose arguments are all tensors, by exact layout
+        # (see _fast_key), mapped to the entry the full key chose for them. Emptied
+        # whenever the module's parameters change or an entry is dropped.
+        self._fast: dict[tuple[Any, ...], _Entry] = {}
+        self._snapshot: _ModuleSnapshot | None = None
 
     def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        fast = None if kwargs else self._fast_key(args)
+        entry = None if fast is None else self._fast.get(fast)
+        if entry is not None:
+            self.last = entry
+            params = self._snapshot.params  # type: ignore[union-attr]
+            return unflatten(entry.traced.output_spec, entry.program(args, params))
         leaves, spec = flatten((args, kwargs), _is_value)
         if any(isinstance(v, Proxy) for v in leaves):
             # Called from a model being traced: record the model's ops inline.
             return self.model(*args, **kwargs)
-        params = self._params()
+        params = self._snapshot_params()
         key = (
             _hashable(spec),
             tuple(layout_key(t.meta) for t in leaves),
@@ -146,8 +159,41 @@ class _Specializer:
         if entry is None:
             entry = self._build(key, args, kwargs)
         self.last = entry
+        if fast is not None:
+            if len(self._fast) >= 4 * CACHE_LIMIT:
+                # Layouts that differ only in the strides of size-1 dims share an
+                # entry; keep their number bounded.
+                self._fast.clear()
+            self._fast[fast] = entry
         outputs = entry.program(leaves, params)
         return unflatten(entry.traced.output_spec, outputs)
+
+    def _fast_key(self, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        """For a call whose arguments are all plain tensors, a key that implies the
+        full signature key: each argument's exact shape, dtype, strides and
+        requires_grad, the training flag, and with grad mode on which parameters
+        require grad. The parameters' names and layouts are not in it: the fast
+        entries are dropped whenever the module snapshot sees them change. None
+        for other calls."""
+        layouts = []
+        for arg in args:
+            if type(arg) is not Tensor:
+                return None
+            meta = arg._meta
+            layouts.append((meta.shape, meta.dtype, meta.strides, arg.requires_grad))
+        params = self._snapshot_params()
+        grad = is_grad_enabled() and tuple(t.requires_grad for t in params.values())
+        return (tuple(layouts), getattr(self.model, "training", None), grad)
+
+    def _snapshot_params(self) -> dict[str, Tensor]:
+        """The parameters and buffers, walked again only when the module changed."""
+        snapshot = self._snapshot
+        if snapshot is not None and snapshot.unchanged():
+            return snapshot.params
+        params = self._params()
+        self._snapshot = _ModuleSnapshot.take(self.model, params)
+        self._fast.clear()
+        return params
 
     def _params(self) -> dict[str, Tensor]:
         found: dict[str, Tensor] = {}
@@ -178,6 +224,7 @@ class _Specializer:
         self.cache[key] = entry
         if len(self.cache) > CACHE_LIMIT:
             self.cache.popitem(last=False)
+            self._fast.clear()
             logger.info(
                 "%s: more than %d signatures; dropped the oldest program",
                 self.label,
@@ -190,6 +237,66 @@ class _Specializer:
             self.backend,
         )
         return entry
+
+
+_META = operator.attrgetter("_meta")
+
+
+class _ModuleSnapshot:
+    """The parameters and buffers of a module, and what they were read from: every
+    parameter, buffer and submodule table of every module in the tree, with the
+    names and the objects it held. ``unchanged()`` holds while no table was
+    replaced and no entry of any table was assigned, added or removed, and every
+    parameter still has the layout object it had; objects are compared by
+    identity only (comparing tensors with ``==`` would compare their values). A
+    model that is not an ember module gets no snapshot and is walked every call;
+    a plain function has no tables and nothing to walk.
+
+    The comparisons run as a few passes of builtins over flat lists: a snapshot of
+    a small model is checked in about a microsecond.
+    """
+
+    TABLES = ("_parameters", "_buffers", "_modules")
+
+    def __init__(self, params: dict[str, Tensor], owners: list[dict[str, Any]]):
+        self.params = params
+        self._owners = [owner for owner in owners for _ in self.TABLES]
+        self._attrs = list(self.TABLES) * len(owners)
+        self._tables = list(map(dict.get, self._owners, self._attrs))
+        self._sizes = list(map(len, self._tables))
+        self._names = list(chain.from_iterable(self._tables))
+        self._values = list(chain.from_iterable(map(dict.values, self._tables)))
+        # Library code never gives a tensor a new layout, but a forged one must
+        # not slip past the layout guard either.
+        self._tensors = list(params.values())
+        self._metas = list(map(_META, self._tensors))
+
+    @classmethod
+    def take(cls, model: Any, params: dict[str, Tensor]) -> _ModuleSnapshot | None:
+        modules = getattr(model, "modules", None)
+        if modules is None:
+            return None if hasattr(model, "named_parameters") else cls(params, [])
+        owners = [getattr(module, "__dict__", {}) for module in modules()]
+        for owner in owners:
+            if any(type(owner.get(attr)) is not dict for attr in cls.TABLES):
+                return None
+        return cls(params, owners)
+
+    def unchanged(self) -> bool:
+        tables = list(map(dict.get, self._owners, self._attrs))
+        return (
+            all(map(operator.is_, tables, self._tables))
+            and list(map(len, tables)) == self._sizes
+            and list(chain.from_iterable(tables)) == self._names
+            and all(
+                map(
+                    operator.is_,
+                    chain.from_iterable(map(dict.values, tables)),
+                    self._values,
+                )
+            )
+            and all(map(operator.is_, map(_META, self._tensors), self._metas))
+        )
 
 
 def _gradient_key(
@@ -239,9 +346,8 @@ def _describe_changes(old: _Entry, key: tuple[Any, ...]) -> list[str]:
     spec, inputs, training, params, gradient = key
     changes = []
     if gradient != old_gradient:
-        changes.append(
-            f"gradients for {_show_gradient(old_gradient)} -> {_show_gradient(gradient)}"
-        )
+        before, after = _show_gradient(old_gradient), _show_gradient(gradient)
+        changes.append(f"gradients for {before} -> {after}")
     if spec != old_spec:
         changes.append("the argument structure or a non-tensor argument changed")
     names = [n.name for n in old.traced.graph.inputs]

@@ -23,6 +23,18 @@ holds them anyway. The backward dump lists each decision with its reason.
 What this keeps true: both graphs verify; the forward graph's inputs are the joint
 graph's forward inputs in order; backward nodes keep the names and source lines
 they had in the joint graph.
+
+    >>> import ember
+    >>> from ember.compiler.trace import trace
+    >>> g = trace(lambda x, w: ((x @ w).sigmoid() * (x @ w)).sum(),
+    ...           ember.ones(8, 4), ember.ones(4, 2))
+    >>> parts = build_training_graphs(g, [g.inputs[1]])
+    >>> for saved in parts.saved:
+    ...     print(saved.name, "|", saved.reason)
+    x | a forward input
+    matmul | read by %mul_1 (mul); a matmul is not recomputed
+    >>> parts.recomputed
+    ['%sigmoid (sigmoid): recomputed from %matmul instead of saving 64 bytes']
 """
 
 from __future__ import annotations
@@ -120,7 +132,9 @@ def partition(joint: JointGraph) -> TrainingGraphs:
     outputs = graph.outputs
     forward_outputs = outputs[: joint.num_outputs]
     grad_outputs = outputs[joint.num_outputs :]
-    seeds = {s for s in joint.seeds if s is not None}
+    # An implied gradient (a constant 1) stays a constant of the backward graph.
+    seed_nodes = [s for s in joint.seeds if s is not None and s.kind == "input"]
+    seeds = set(seed_nodes)
     forward = ancestors(forward_outputs)
     backward = ancestors(grad_outputs) - forward
     plan = _SavePlan(graph, forward, backward, set(forward_outputs))
@@ -135,7 +149,6 @@ def partition(joint: JointGraph) -> TrainingGraphs:
         forward_outputs + saved,
         graph.name,
     )
-    seed_nodes = [s for s in joint.seeds if s is not None]
     backward_graph = _extract(
         graph,
         ancestors(grad_outputs, stop=set(saved) | seeds),
@@ -152,7 +165,7 @@ def partition(joint: JointGraph) -> TrainingGraphs:
         backward_graph,
         joint.num_outputs,
         [plan.describe(v) for v in saved],
-        [i for i, s in enumerate(joint.seeds) if s is not None],
+        [i for i, s in enumerate(joint.seeds) if s in seeds],
         [n.name for n in joint.wrt],
         [None if g is None else next(positions) for g in joint.gradients],
         joint.stats,

@@ -13,6 +13,9 @@ requires grad, :class:`TrainingProgram` runs instead of the plain forward progra
 3. when eager backward reaches that node, its rule runs the backward program on the
    saved activations and the output's gradient, and hands the gradients on.
 
+With ``EMBER_DUMP_DIR`` set, building a training program writes its backward stage
+(the text of ``ember dump --stage backward``) there as ``backward.txt``.
+
 A model with several differentiable outputs gets one node per output; the backward
 program then runs once per output that backward reaches, with a zero gradient for
 the other outputs, and the eager engine sums what each run returns (backward is
@@ -22,18 +25,36 @@ The eager errors keep their meaning: a non-scalar output needs an explicit
 gradient, a second backward without ``retain_graph`` raises GraphFreedError, and a
 value the backward reads (an input, a parameter or an output) that was modified in
 place after the forward raises InplaceModificationError.
+
+    >>> import ember
+    >>> model = ember.compile(ember.nn.Linear(3, 1))
+    >>> loss = model(ember.ones(4, 3)).sum()
+    >>> loss.grad_fn
+    <sumBackward #...>
+    >>> loss.grad_fn.edges[0]
+    <compiled LinearBackward #...>
+    >>> loss.backward()
+    >>> model.bias.grad.tolist()
+    [4.0]
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from ember import settings
 from ember.compiler.autodiff import check_inplace_writes
 from ember.compiler.interpret import interpret
-from ember.compiler.partition import TrainingGraphs, build_training_graphs
+from ember.compiler.partition import (
+    TrainingGraphs,
+    build_training_graphs,
+    format_backward,
+)
+from ember.compiler.passes.manager import write_text_durably
 from ember.errors import (
     InplaceModificationError,
     LoweringError,
@@ -87,6 +108,7 @@ class TrainingProgram:
             n for n in optimized.params if n.kind == "param" and n.target in wanted
         ]
         self.graphs: TrainingGraphs = build_training_graphs(optimized, wrt)
+        _dump(self.graphs)
         self.forward = build(self.graphs.forward)
         self.backward = self._build_backward(build, graph.name)
         # Which argument each differentiated value is: ("input", i) or ("param", name)
@@ -147,6 +169,15 @@ class TrainingProgram:
             output.requires_grad = True
             results[position] = output
         return results
+
+
+def _dump(graphs: TrainingGraphs) -> None:
+    """With ``EMBER_DUMP_DIR`` set, write the backward stage there as
+    ``backward.txt``."""
+    folder = settings.get("dump_dir")
+    if folder:
+        text = format_backward(graphs)
+        write_text_durably(os.path.join(folder, "backward.txt"), text)
 
 
 def _no_meta(metas: Any, attrs: Any) -> Any:

@@ -67,6 +67,8 @@ _MEMORY = {**_REGISTER, bool_: I8}
 #: Fast-math flags of accumulating adds: reassociation lets LLVM keep one partial sum
 #: per vector lane (the documented summation order), nothing else is relaxed.
 _REDUCE_FLAGS = ("reassoc",)
+#: Fast-math flags of max and min reductions (see ``_combine``).
+_MINMAX_FLAGS = ("nsz",)
 _FCMP = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
 #: Stack bytes a kernel may use to keep costly values of one row between sweeps
 #: (within L1 next to the rows it reads).
@@ -423,6 +425,12 @@ class _FunctionEmitter:
                 return self.b.fadd(acc, value, flags=_REDUCE_FLAGS)
             return self.b.add(acc, value)
         name = "maximum" if stage.kind == "max" else "minimum"
+        if dtype.is_floating_point:
+            # NaN propagates; the sign of a zero result is left open (nsz): numpy's
+            # own max and min pick -0 or +0 by where the zeros sit. Not ordering
+            # -0 below +0 halves the instructions per vector on x86.
+            fn = mathlib.declare(self.module, f"llvm.{name}", acc.type, 2)
+            return self.b.call(fn, [acc, value], fastmath=_MINMAX_FLAGS)
         return self._binary(name, dtype, acc, value)
 
     def _finalize(self, stage: Reduce, acc: ir.Value) -> ir.Value:

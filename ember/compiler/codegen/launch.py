@@ -38,6 +38,7 @@ import statistics
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,7 @@ from ember.compiler.codegen import emit, target
 from ember.compiler.kernel import Buffer, LoopKernel
 from ember.errors import SignatureError
 from ember.ir import layout
+from ember.ir.dtypes import DType
 
 logger = logging.getLogger("ember.compiler.codegen")
 
@@ -205,10 +207,49 @@ class CompiledKernel:
                         hint="give the output its own buffer",
                     )
 
+    def prepare(self, memory: Sequence[np.ndarray | Region]) -> PreparedLaunch:
+        """A launch whose checks run now, once, instead of on every call.
+
+        ``memory`` gives, per buffer, either a flat storage that stays the same for
+        every call (checked now like an argument of :meth:`call_storage`) or a
+        :class:`Region` that the caller will pass by address on each call. A region
+        must hold the buffer's dtype and at least its offset plus extent; an output
+        region must be private. Fixed outputs must overlap no other fixed storage.
+        Any failure raises SignatureError now, so no call of the result can fail.
+        """
+        self._arity(memory)
+        args = (ctypes.c_void_p * len(memory))()
+        fixed: list[tuple[int, np.ndarray]] = []
+        variable: list[tuple[int, int]] = []
+        for position, (check, given) in enumerate(zip(self._checks, memory)):
+            if isinstance(given, Region):
+                check.check_region(given)
+                variable.append((position, check.buffer.offset * check.itemsize))
+            else:
+                args[position] = check.check_storage(given)
+                fixed.append((position, given))
+        self._check_fixed_overlap(fixed)
+        return PreparedLaunch(self, args, variable)
+
+    def _check_fixed_overlap(self, fixed: list[tuple[int, np.ndarray]]) -> None:
+        spans = {k: self._checks[k].byte_span(a, True) for k, a in fixed}
+        for k, (lo, hi) in spans.items():
+            if self._checks[k].buffer.role != "out":
+                continue
+            for j, (other_lo, other_hi) in spans.items():
+                if j != k and lo < other_hi and other_lo < hi:
+                    raise SignatureError(
+                        f"kernel {self.kernel.name}: output "
+                        f"{self._checks[k].buffer.name} overlaps "
+                        f"{self._checks[j].buffer.name} in memory",
+                        hint="give the output its own buffer",
+                    )
+
     def _launch(self, pointers: list[int], threads: int | None) -> None:
-        if not self._runs:
-            return
-        args = (ctypes.c_void_p * len(pointers))(*pointers)
+        if self._runs:
+            self._launch_args((ctypes.c_void_p * len(pointers))(*pointers), threads)
+
+    def _launch_args(self, args: Any, threads: int | None) -> None:
         chosen = default_threads() if threads is None else max(1, threads)
         if self._points < PARALLEL_THRESHOLD:
             chosen = 1
@@ -256,6 +297,50 @@ class CompiledKernel:
 
     def __repr__(self) -> str:
         return f"<CompiledKernel {self.kernel.name} ({self.origin}) key={self.key[:12]}>"
+
+
+@dataclass(frozen=True)
+class Region:
+    """Memory that the caller of :meth:`CompiledKernel.prepare` supplies by address
+    on every call of the prepared launch, and vouches for.
+
+    The caller promises that each address it passes points to at least ``elements``
+    elements of ``dtype``, that the memory overlaps none of the fixed storages given
+    to ``prepare``, and, when ``private`` is set, that it is writable and overlaps
+    nothing else the launch touches (a freshly allocated array).
+    """
+
+    dtype: DType
+    elements: int
+    private: bool = False
+
+
+class PreparedLaunch:
+    """A kernel launch checked once by :meth:`CompiledKernel.prepare`.
+
+    ``launch(addresses)`` takes one address per :class:`Region`, in buffer order:
+    the address of the region's first element (the buffer's offset is applied
+    here). It reuses one pointer array, so one prepared launch must not run on two
+    threads at once (a :class:`~ember.compiler.program.Program` holds its lock).
+    """
+
+    def __init__(self, compiled: CompiledKernel, args: Any,
+                 variable: list[tuple[int, int]]) -> None:
+        self.compiled = compiled
+        self._args = args
+        self._variable = variable
+
+    def __call__(self, addresses: Sequence[int]) -> None:
+        args = self._args
+        for (position, delta), address in zip(self._variable, addresses):
+            args[position] = address + delta
+        compiled = self.compiled
+        if not compiled._runs:
+            return
+        if compiled._points < PARALLEL_THRESHOLD and compiled._partial is None:
+            compiled._main(args, 0, compiled.emitted.split_extent)
+            return
+        compiled._launch_args(args, None)
 
 
 class ThreadChooser:
@@ -392,6 +477,22 @@ class _BufferCheck:
                 storage.shape[0],
             )
         return storage.ctypes.data + self.buffer.offset * self.itemsize
+
+    def check_region(self, region: Region) -> None:
+        """Validate memory a prepared launch will be given by address."""
+        if region.dtype is not self.buffer.dtype:
+            self._fail("wrong dtype", self.buffer.dtype.name, region.dtype.name)
+        if self.is_output and not region.private:
+            self._fail("an output needs memory of its own", "a private region",
+                       "memory that may be shared")
+        needed = self.buffer.offset + self.extent
+        if region.elements < needed:
+            self._fail(
+                "region too small for the layout",
+                f"at least {needed} elements (offset {self.buffer.offset} + extent "
+                f"{self.extent})",
+                region.elements,
+            )
 
     def byte_span(self, array: np.ndarray, storage: bool) -> tuple[int, int]:
         """The half-open byte range the kernel may touch in ``array``."""

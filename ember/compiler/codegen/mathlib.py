@@ -14,6 +14,7 @@ select, so values computed from a NaN never escape.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -38,13 +39,33 @@ _ERF_ONE = {"float": 4.0, "double": 6.0}
 _ERFC_PIECES = {"float": ["erfcx_1_4"], "double": ["erfcx_1_2.5", "erfcx_2.5_4", "erfcx_4_6"]}
 
 
-class MathBuilder:
-    """Emit arithmetic of one float type into an IRBuilder, with named helpers."""
+@functools.cache
+def native_ldexp() -> bool:
+    """Does the host scale by a power of two in one instruction?
 
-    def __init__(self, builder: ir.IRBuilder, ty: ir.Type) -> None:
+    AVX-512 has ``vscalefps``/``vscalefpd``, which LLVM uses for ``llvm.ldexp``;
+    elsewhere LLVM expands ``llvm.ldexp`` into a longer sequence than the integer
+    construction of two scale factors that :meth:`MathBuilder.exp` uses instead.
+    """
+    from ember.compiler.codegen.target import host_features
+
+    return "+avx512f" in host_features().split(",")
+
+
+class MathBuilder:
+    """Emit arithmetic of one float type into an IRBuilder, with named helpers.
+
+    ``ldexp`` chooses how exp applies its power of two (default: :func:`native_ldexp`);
+    both ways give the same bits.
+    """
+
+    def __init__(
+        self, builder: ir.IRBuilder, ty: ir.Type, ldexp: bool | None = None
+    ) -> None:
         self.b = builder
         self.ty = ty
         self.bits, self.mant, self.bias, self.ity, self.suffix = _FORMAT[str(ty)]
+        self.ldexp = native_ldexp() if ldexp is None else ldexp
 
     # constants and intrinsics
     def c(self, value: float) -> ir.Constant:
@@ -124,12 +145,20 @@ class MathBuilder:
         xc = self.select(self.cmp(">", x, self.c(hi)), self.c(hi), x)
         xc = self.select(self.cmp("<", xc, self.c(lo)), self.c(lo), xc)
         _, r, ki = self.reduce_ln2(xc)
+        if self.ldexp:
+            # 1 + (e**r - 1) rounds once; scaling it by 2**k is exact for normal
+            # results and rounds once for subnormal ones: the bits of the other path.
+            one_plus = self.b.fadd(self.expm1_reduced(r), self.c(1.0))
+            return self.b.call(_ldexp(self.b.module, self.ty), [one_plus, self._i32(ki)])
         # Two scale factors keep both inside the normal range, so results that are
         # subnormal are rounded once, at the last multiply; (1 + p) * s1 is one fma.
         k1 = self.b.ashr(ki, self.ci(1))
         k2 = self.b.sub(ki, k1)
         s1 = self.pow2(k1)
         return self.b.fmul(self.fma(self.expm1_reduced(r), s1, s1), self.pow2(k2))
+
+    def _i32(self, value: ir.Value) -> ir.Value:
+        return value if self.ity == I32 else self.b.trunc(value, I32)
 
     def expm1(self, x: ir.Value) -> ir.Value:
         """e**x - 1 for ``x`` in [-60, 60] (callers clamp), relative accuracy near 0."""
@@ -205,7 +234,7 @@ class MathBuilder:
     def pow(self, x: ir.Value, y: ir.Value) -> ir.Value:
         """x**y with IEEE/numpy special cases; float32 computes in float64."""
         if self.ty == F32:
-            wide = MathBuilder(self.b, F64)
+            wide = MathBuilder(self.b, F64, self.ldexp)
             r = wide.pow(self.b.fpext(x, F64), self.b.fpext(y, F64))
             return self.b.fptrunc(r, F32)
         ax = self.intrinsic("llvm.fabs", x)
@@ -238,6 +267,15 @@ def float_bits(value: float, ty: ir.Type) -> int:
 def ln2_parts(ty: ir.Type) -> tuple[float, float]:
     """ln(2) as ``hi + lo``: ``hi`` rounded to the precision of ``ty``, ``lo`` the rest."""
     return LN2_PARTS["f32" if ty == F32 else "f64"]
+
+
+def _ldexp(module: ir.Module, ty: ir.Type) -> ir.Function:
+    """``llvm.ldexp`` for float type ``ty`` with an i32 exponent (declared once)."""
+    full = f"llvm.ldexp.{_FORMAT[str(ty)][4]}.i32"
+    existing = module.globals.get(full)
+    if existing is not None:
+        return existing
+    return ir.Function(module, ir.FunctionType(ty, [ty, I32]), name=full)
 
 
 def declare(module: ir.Module, name: str, ty: ir.Type, arity: int) -> ir.Function:
