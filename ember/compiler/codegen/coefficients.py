@@ -1,6 +1,6 @@
 """Polynomial coefficients of the vector math library (generated).
 
-Made by ``python -m ember.compiler.codegen.fit_coefficients``; do not edit by
+Made by ``python tools/fit_coefficients.py``; do not edit by
 hand. Each entry maps ``name/dtype`` to ``(mid, half, coefficients)``: the
 polynomial is evaluated by Horner's rule, highest degree first, at
 ``z = (v - mid) / half``.

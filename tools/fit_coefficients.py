@@ -1,6 +1,6 @@
 """Fit the polynomial coefficients of ember's vector math library (a developer tool).
 
-Run ``python -m ember.compiler.codegen.fit_coefficients > coefficients.py`` to rebuild
+Run ``python tools/fit_coefficients.py > coefficients.py`` to rebuild
 ``ember/compiler/codegen/coefficients.py``. It needs ``mpmath`` (not a runtime
 dependency of ember). Each approximation is a Chebyshev fit at 40 significant digits,
 converted to monomial coefficients in a variable mapped to ``[-1, 1]`` (so that Horner
@@ -79,7 +79,7 @@ def main() -> None:
     lines = [
         '"""Polynomial coefficients of the vector math library (generated).',
         "",
-        "Made by ``python -m ember.compiler.codegen.fit_coefficients``; do not edit by",
+        "Made by ``python tools/fit_coefficients.py``; do not edit by",
         "hand. Each entry maps ``name/dtype`` to ``(mid, half, coefficients)``: the",
         "polynomial is evaluated by Horner's rule, highest degree first, at",
         "``z = (v - mid) / half``.",
