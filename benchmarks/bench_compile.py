@@ -177,7 +177,8 @@ def bench_call_overhead(rounds: int) -> list[tuple[str, tuple, tuple]]:
 
     ember.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1))
-    weights = [(m.weight.numpy(), m.bias.numpy()) for m in model if hasattr(m, "weight")]
+    layers = [m for m in model if hasattr(m, "weight")]
+    weights = [(m.weight.numpy(), m.bias.numpy()) for m in layers]
     np_forward = _np_mlp(weights)
     batch = np.random.default_rng(0).standard_normal((32, 8)).astype(np.float32)
     tbatch = ember.from_numpy(batch)
@@ -192,11 +193,12 @@ def bench_call_overhead(rounds: int) -> list[tuple[str, tuple, tuple]]:
 
 
 def _print_overhead(rounds: int) -> None:
-    print(f"{'per call':<40} {'ember wall/cpu':>16} {'numpy wall/cpu':>16} {'ratio':>6}")
+    header = f"{'per call':<40} {'ember wall/cpu':>16} {'numpy wall/cpu':>16}"
+    print(f"{header} {'cpu ratio':>9}")
     for name, (wall, cpu), (np_wall, np_cpu) in bench_call_overhead(rounds):
         print(
             f"{name:<40} {wall * 1e6:>7.1f}/{cpu * 1e6:>5.1f}us "
-            f"{np_wall * 1e6:>7.1f}/{np_cpu * 1e6:>5.1f}us {cpu / np_cpu:>6.2f}"
+            f"{np_wall * 1e6:>7.1f}/{np_cpu * 1e6:>5.1f}us {cpu / np_cpu:>9.2f}"
         )
 
 

@@ -264,3 +264,26 @@ def test_a_prepared_launch_applies_the_buffer_offset(shifted_copy):
     launch([x.ctypes.data])
 
     assert out.tolist() == [-2.0, -3.0, -4.0, -5.0]
+
+
+# One native call for a run of kernels -------------------------------------------------
+
+
+def test_consecutive_small_kernels_run_in_one_native_call():
+    program = compile_llvm(_chain())
+    x = np.linspace(-2, 2, 128, dtype=np.float32).reshape(8, 16)
+
+    (out,) = program.run_arrays(x)
+
+    assert [len(run) for run in program.sequences] == [2]
+    np.testing.assert_allclose(out, np.exp(-x).T, rtol=1e-6)
+
+
+def test_kernels_large_enough_for_threads_keep_their_own_launch():
+    program = compile_llvm(_chain((1024, 1024)))
+    x = np.full((1024, 1024), 0.5, np.float32)
+
+    (out,) = program.run_arrays(x)
+
+    assert program.sequences == [] and program.checked_per_call == []
+    np.testing.assert_allclose(out, np.exp(-x).T, rtol=1e-6)

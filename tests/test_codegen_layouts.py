@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+import ember
 from ember import settings
 from ember.compiler.codegen import compile_kernel, emit, launch
 from ember.compiler.kernel import (
@@ -23,6 +24,7 @@ from ember.compiler.kernel import (
     Reduce,
     Store,
     broadcast_strides,
+    cast,
     load,
     op,
     reduction_domain,
@@ -185,6 +187,33 @@ def test_max_and_min_propagate_nan_and_handle_empty_axes() -> None:
     np.testing.assert_array_equal(run_reduce("max", empty, (1,)), [-np.inf] * 3)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vectorized_max_and_min_propagate_nan_from_any_position(dtype: type) -> None:
+    # Rows long enough for the vector loop, with one NaN at the first point, inside
+    # the vector body, in the scalar remainder and at the last point.
+    cols = 1003
+    x = np.random.default_rng(9).standard_normal((6, cols)).astype(dtype)
+    x[:5, 1::97] = np.inf
+    for row, col in enumerate((0, 17, 640, cols - 3, cols - 1)):
+        x[row, col] = np.nan
+    want_max = [np.nan] * 5 + [x[5].max()]
+    want_min = [np.nan] * 5 + [x[5].min()]
+    np.testing.assert_array_equal(run_reduce("max", x, (1,)), want_max)
+    np.testing.assert_array_equal(run_reduce("min", x, (1,)), want_min)
+
+
+def test_max_of_signed_zeros_is_a_zero() -> None:
+    # The sign of a zero maximum is left open, as numpy leaves it.
+    x = np.zeros((4, 300), np.float32)
+    x[0] = -0.0
+    x[1, ::2] = -0.0
+    x[2, 1::3] = -0.0
+    x[3, 150] = -1.0
+    for kind in ("max", "min"):
+        got = run_reduce(kind, x, (1,))
+        np.testing.assert_array_equal(got[:3], [0.0, 0.0, 0.0])
+
+
 def summation_bound(values: np.ndarray) -> float:
     """docs/codegen.md: |ember - exact| <= (n/8 + 64) * 2**-53 * sum|x| + half an ulp of
     the float32 result (sums accumulate in float64 with one partial sum per lane)."""
@@ -258,31 +287,153 @@ def softmax_rows(rows: int, cols: int, name: str) -> LoopKernel:
 
 
 def exp_calls(kernel: object) -> int:
-    """How many times the unoptimized IR evaluates exp per inner point."""
-    return kernel.emitted.llvm_ir.count('call float @"ember.exp.f32"')
+    """How many times the unoptimized IR evaluates exp (either variant) per point."""
+    return kernel.emitted.llvm_ir.count('call float @"ember.exp')
+
+
+def stack_rows(kernel: object) -> int:
+    """How many row buffers the unoptimized IR allocates on the stack."""
+    return kernel.emitted.llvm_ir.count("= alloca float, i64")
 
 
 def test_row_cache_computes_exp_once_and_changes_no_bit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    cached = compile_kernel(softmax_rows(37, 300, "softmax_cached"))
+    in_output = compile_kernel(softmax_rows(37, 300, "softmax_in_output"))
+    monkeypatch.setattr(emit, "ROW_CACHE_IN_OUTPUTS", False)
+    on_stack = compile_kernel(softmax_rows(37, 300, "softmax_on_stack"))
     monkeypatch.setattr(emit, "ROW_CACHE_BYTES", 0)
     recomputed = compile_kernel(softmax_rows(37, 300, "softmax_recomputed"))
-    assert (exp_calls(cached), exp_calls(recomputed)) == (1, 2)
+    kernels = (in_output, on_stack, recomputed)
+    assert [exp_calls(k) for k in kernels] == [1, 1, 2]
+    # exp(x - max) waits in the output row for the normalizing store, not on the
+    # stack.
+    assert [stack_rows(k) for k in kernels] == [0, 1, 0]
     data = np.random.default_rng(6).standard_normal((37, 300)).astype(np.float32) * 30
-    one, two = np.empty_like(data), np.empty_like(data)
-    cached(data, one)
-    recomputed(data, two)
-    np.testing.assert_array_equal(one, two)
+    results = [np.empty_like(data) for _ in kernels]
+    for kernel, out in zip(kernels, results):
+        kernel(data, out)
+    np.testing.assert_array_equal(results[0], results[2])
+    np.testing.assert_array_equal(results[1], results[2])
     want = np.exp(data - data.max(1, keepdims=True))
     np.testing.assert_allclose(
-        one, want / want.sum(1, keepdims=True), rtol=3e-6, atol=1e-30
+        results[0], want / want.sum(1, keepdims=True), rtol=3e-6, atol=1e-30
     )
+
+
+def test_softmax_shift_takes_the_exp_without_overflow_clamp_same_bits() -> None:
+    # exp(x - max(x)) is recognized (the argument is at most 0 or NaN); the same
+    # values with the maximum read from memory take the general exp.
+    rows, cols = 8, 515
+    x = Buffer("x", float32, (rows, cols), (cols, 1))
+    peak = Buffer("peak", float32, (rows,), (1,))
+    y = Buffer.dense("y", float32, (rows, cols))
+    m = Reduce("m", "max", load(x))
+    shifted = compile_kernel(LoopKernel(
+        "shifted", (x, y), (rows,), (cols,),
+        (m, Store("y", op("exp", op("sub", load(x), m.ref())), inner=True))))
+    general = compile_kernel(LoopKernel(
+        "general", (x, peak, y), (rows,), (cols,),
+        (Store("y", op("exp", op("sub", load(x), load(peak, (1, 0)))), inner=True),)))
+    assert "ember.exp_nonpositive" in shifted.emitted.llvm_ir
+    assert "ember.exp_nonpositive" not in general.emitted.llvm_ir
+    data = np.random.default_rng(13).standard_normal((rows, cols)).astype(np.float32)
+    data[1] *= 60.0  # results down to the subnormal range and to 0
+    data[2, 7] = -np.inf
+    data[3, 9] = np.inf  # inf - inf: a NaN row, as in numpy
+    data[4, 11] = np.nan
+    data[5] = 2.5  # every shift is 0
+    data[6, ::2] = -0.0
+    data[6, 1::2] = 0.0
+    one, two = np.empty_like(data), np.empty_like(data)
+    shifted(data, one)
+    general(data, data.max(1), two)
+    np.testing.assert_array_equal(one.view(np.int32), two.view(np.int32))
+    with np.errstate(invalid="ignore"):
+        want = np.exp(data.astype(np.float64) - data.max(1, keepdims=True))
+    np.testing.assert_allclose(one, want, rtol=3e-7, atol=1e-45)
+
+
+def test_compiled_softmax_and_log_softmax_treat_nan_and_inf_rows_like_numpy() -> None:
+    x = np.random.default_rng(14).standard_normal((9, 300)).astype(np.float32)
+    x[1, 5] = np.nan
+    x[2, 7] = np.inf  # inf - inf: the whole row is NaN
+    x[3] = -np.inf  # -inf - -inf: the whole row is NaN
+    x[4, 9] = -np.inf  # one zero probability
+    x[5, 290:] = np.nan  # NaN only in the vector loop's remainder
+    with np.errstate(invalid="ignore"):
+        shifted = x - x.max(1, keepdims=True)
+        powers = np.exp(shifted)
+        want = powers / powers.sum(1, keepdims=True)
+        want_log = shifted - np.log(powers.sum(1, keepdims=True))
+    data = ember.from_numpy(x)
+    got = ember.compile(lambda v: v.softmax(-1), backend="llvm")(data).numpy()
+    got_log = ember.compile(lambda v: v.log_softmax(-1), backend="llvm")(data).numpy()
+    np.testing.assert_array_equal(np.isnan(got).all(1), [0, 1, 1, 1, 0, 1, 0, 0, 0])
+    np.testing.assert_allclose(got, want, rtol=3e-6, atol=1e-8, equal_nan=True)
+    np.testing.assert_allclose(got_log, want_log, rtol=3e-6, atol=1e-5, equal_nan=True)
+
+
+def test_a_value_read_after_its_last_store_stays_on_the_stack() -> None:
+    rows, cols = 29, 301
+    x = Buffer("x", float32, (rows, cols), (cols, 1))
+    y = Buffer.dense("y", float32, (rows, cols))
+    z = Buffer.dense("z", float32, (rows,))
+    m = Reduce("m", "max", load(x))
+    e = op("exp", op("sub", load(x), m.ref()))
+    s = Reduce("s", "sum", e)
+    t = Reduce("t", "sum", op("mul", e, e))
+    stages = (m, s, Store("y", op("mul", e, s.ref()), inner=True), t,
+              Store("z", t.ref()))
+    kernel = compile_kernel(LoopKernel("late_reader", (x, y, z), (rows,), (cols,),
+                                       stages))
+    assert (exp_calls(kernel), stack_rows(kernel)) == (1, 1)
+    data = np.random.default_rng(10).standard_normal((rows, cols)).astype(np.float32)
+    got_y, got_z = np.empty_like(data), np.empty(rows, np.float32)
+    kernel(data, got_y, got_z)
+    e_ref = np.exp(data.astype(np.float64) - data.max(1, keepdims=True))
+    np.testing.assert_allclose(got_y, e_ref * e_ref.sum(1, keepdims=True), rtol=3e-6)
+    np.testing.assert_allclose(got_z, (e_ref * e_ref).sum(1), rtol=3e-6)
+
+
+def test_a_row_value_waits_in_the_last_output_that_stores_it() -> None:
+    # Two normalized outputs read exp(x - max): it waits in the row of the second
+    # store, which the first store reads before the second overwrites it.
+    rows, cols = 23, 259
+    x = Buffer("x", float32, (rows, cols), (cols, 1))
+    y1, y2 = Buffer.dense("y1", float32, (rows, cols)), Buffer.dense(
+        "y2", float32, (rows, cols))
+    wide = Buffer.dense("wide", float64, (rows, cols))
+    m = Reduce("m", "max", load(x))
+    e = op("exp", op("sub", load(x), m.ref()))
+    s = Reduce("s", "sum", e)
+    stages = (m, s, Store("y1", op("div", e, s.ref()), inner=True),
+              Store("y2", op("mul", e, 2.0), inner=True))
+    kernel = compile_kernel(LoopKernel("two_outputs", (x, y1, y2), (rows,), (cols,),
+                                       stages))
+    assert (exp_calls(kernel), stack_rows(kernel)) == (1, 0)
+    # An output of another dtype cannot hold the float32 value.
+    cast_stages = (m, s, Store("wide", cast(op("mul", e, s.ref()), float64),
+                                inner=True))
+    widened = compile_kernel(LoopKernel("widened", (x, wide), (rows,), (cols,),
+                                        cast_stages))
+    assert (exp_calls(widened), stack_rows(widened)) == (1, 1)
+    data = np.random.default_rng(11).standard_normal((rows, cols)).astype(np.float32)
+    e_ref = np.exp(data - data.max(1, keepdims=True))
+    got1, got2 = np.empty_like(data), np.empty_like(data)
+    kernel(data, got1, got2)
+    np.testing.assert_allclose(got1, e_ref / e_ref.sum(1, keepdims=True), rtol=3e-6)
+    np.testing.assert_allclose(got2, e_ref * 2, rtol=3e-6)
+    got_wide = np.empty(data.shape, np.float64)
+    widened(data, got_wide)
+    np.testing.assert_allclose(got_wide, e_ref * e_ref.sum(1, keepdims=True),
+                               rtol=3e-6)
 
 
 def test_rows_too_long_for_the_row_cache_recompute(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(emit, "ROW_CACHE_IN_OUTPUTS", False)
     monkeypatch.setattr(emit, "ROW_CACHE_BYTES", 4 * 299)
     kernel = compile_kernel(softmax_rows(3, 300, "softmax_long_rows"))
     assert exp_calls(kernel) == 2

@@ -35,7 +35,7 @@ def test_decompose_mean_into_a_sum_times_the_reciprocal_count() -> None:
     """)
 
 
-def test_decompose_softmax_subtracts_the_maximum_first() -> None:
+def test_decompose_softmax_subtracts_the_max_and_multiplies_by_1_over_sum() -> None:
     before = """
         graph g {
           %x: f64[3, 5] = input
@@ -50,8 +50,10 @@ def test_decompose_softmax_subtracts_the_maximum_first() -> None:
           %sub: f64[3, 5] = sub(%x, %amax)
           %exp: f64[3, 5] = exp(%sub)
           %sum: f64[3, 1] = sum(%exp) {dims=(1,), keepdim=True}
-          %div: f64[3, 5] = div(%exp, %sum)
-          output(%div)
+          %const: f64[] = const 1.0
+          %div: f64[3, 1] = div(%const, %sum)
+          %mul: f64[3, 5] = mul(%exp, %div)
+          output(%mul)
         }
     """)
 

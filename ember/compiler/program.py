@@ -14,20 +14,24 @@ Calls from several threads run one at a time, since they share the planned buffe
 Before any native code runs, every argument is checked against the signature the
 program was compiled for: shape, dtype, strides, and that the layout lies inside its
 storage. A mismatch raises :class:`~ember.errors.SignatureError` naming the argument.
+Kernels are prepared when the program is built (their planned buffers checked
+once), so a call checks each argument once at this boundary instead of once per
+kernel that reads it (:mod:`ember.compiler.boundary`), and consecutive small kernels run as one
+native call.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
+import sys
 import threading
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from ember.compiler.boundary import Boundary, sequenced
 from ember.errors import SignatureError
 from ember.ir.layout import span, within_bounds
 from ember.ir.meta import TensorMeta
@@ -311,13 +315,14 @@ class Program:
         self._arg_positions = {slot: i for i, slot in enumerate(self._arg_slots)}
         self._input_count = sum(a.kind == "input" for a in self.args)
         self._targets = [None if a.kind == "input" else a.target for a in self.args]
-        self._boundary = _Boundary(self.args, self._arg_slots, fresh, self.plan)
-        self._schedule = [
-            self._boundary.prepare(step, env) for step in self.steps
-        ]
+        self._boundary = Boundary(self.args, self._arg_slots, fresh, self.plan)
+        self._schedule = sequenced(
+            [self._boundary.prepare(step, env) for step in self.steps]
+        )
         # The planned buffers are shared by every call: calls from several threads
         # take turns rather than overwrite each other's intermediates.
         self._lock = threading.Lock()
+        self._recycled: dict[int, np.ndarray] = {}
 
     def __call__(
         self, inputs: Sequence[Any], params: Mapping[str, Any] | None = None
@@ -401,9 +406,9 @@ class Program:
             zip(self.args, values, self._arg_slots)
         ):
             env[slot] = spec.check(position, value)
-        for slot, numel, np_dtype in self._fresh:
-            env[slot] = (np.empty(numel, np_dtype), 0)
         with self._lock:
+            for slot, numel, np_dtype in self._fresh:
+                env[slot] = (self._fresh_array(slot, numel, np_dtype), 0)
             addresses = self._boundary.addresses(env)  # type: ignore[arg-type]
             for step, launch, slots in self._schedule:
                 if launch is None:
@@ -412,15 +417,42 @@ class Program:
                     launch([addresses[slot] for slot in slots])
         return env  # type: ignore[return-value]
 
+    def _fresh_array(self, slot: int, numel: int, np_dtype: np.dtype) -> np.ndarray:
+        """The array a result is written to: last call's when nobody holds it any
+        more, else a new one.
+
+        A result is returned in a new array on every call, so a tensor the caller
+        keeps is never overwritten. Allocating that array costs page faults (about
+        1.7 µs per 4 KiB here), so an array whose tensors, views and numpy views are
+        all gone is written again instead: this table's reference, the local name and
+        the argument of ``getrefcount`` are then the only three left.
+        """
+        array = self._recycled.get(slot)
+        if array is None or sys.getrefcount(array) > 3:
+            array = np.empty(numel, np_dtype)
+            self._recycled[slot] = array
+        return array
+
     @property
     def checked_per_call(self) -> list[str]:
         """The kernels whose launcher checks their buffers on every call: those
-        that write an argument or read past its layout (see :class:`_Boundary`);
+        that write an argument or read past its layout (see
+        :class:`~ember.compiler.boundary.Boundary`);
         the others were checked once when the program was built."""
         return [
             step.name
             for step, launch, _ in self._schedule
             if launch is None and isinstance(step, KernelStep)
+        ]
+
+    @property
+    def sequences(self) -> list[list[str]]:
+        """The kernels run together by one native call, run by run (see
+        :class:`~ember.compiler.codegen.launch.LaunchSequence`)."""
+        return [
+            [step.name for step in steps]
+            for steps, _, _ in self._schedule
+            if isinstance(steps, tuple)
         ]
 
     def describe(self) -> str:
@@ -433,7 +465,9 @@ class Program:
         return "\n".join(lines)
 
 
-def _fixed_layout(result: ResultSpec, fresh: dict[int, TensorMeta]) -> TensorMeta | None:
+def _fixed_layout(
+    result: ResultSpec, fresh: dict[int, TensorMeta]
+) -> TensorMeta | None:
     """The layout of a result read from a fresh array: the same on every call, since
     the array is new and its offset 0. None for other results."""
     operand = result.operand
@@ -444,171 +478,6 @@ def _fixed_layout(result: ResultSpec, fresh: dict[int, TensorMeta]) -> TensorMet
     if not within_bounds(meta.shape, meta.strides, operand.offset, root.numel):
         return None
     return TensorMeta(meta.shape, meta.dtype, meta.strides, operand.offset)
-
-
-class _Boundary:
-    """The checks at the program boundary that let kernels skip their own.
-
-    A kernel whose buffers all live in planned buffers, constants, fresh results or
-    arguments it only reads is *prepared* once (:meth:`CompiledKernel.prepare`
-    checks the planned storages and proves every buffer fits in its slot), and on
-    each call gets only addresses. What the launcher would check per call is then
-    checked here, once per argument instead of once per kernel and argument:
-    :meth:`ArgSpec.check` vouches for dtype, shape, strides and the bounds of the
-    layout in its storage; :meth:`addresses` adds that the storage is a flat
-    contiguous array of the right dtype lying inside the memory it views, and that
-    it overlaps no planned buffer (kernels write those). Fresh results are new
-    arrays, so they overlap nothing. A kernel that writes an argument, or whose
-    buffer reaches past its slot's layout, keeps the launcher's checks on every
-    call.
-    """
-
-    def __init__(
-        self,
-        args: Sequence[ArgSpec],
-        arg_slots: Sequence[int],
-        fresh: dict[int, TensorMeta],
-        plan: BufferPlan,
-    ) -> None:
-        from ember.compiler.codegen.launch import Region
-
-        self.regions: dict[int, Any] = {
-            slot: Region(spec.meta.dtype, spec._extent)
-            for spec, slot in zip(args, arg_slots)
-        }
-        self.regions.update(
-            (slot, Region(meta.dtype, meta.numel, private=True))
-            for slot, meta in fresh.items()
-        )
-        self.specs = dict(zip(arg_slots, args))
-        self.planned = [
-            (buffer.ctypes.data, buffer.ctypes.data + buffer.nbytes)
-            for buffer in plan.buffers
-        ]
-        self.hull = (
-            min((low for low, _ in self.planned), default=0),
-            max((high for _, high in self.planned), default=0),
-        )
-        self.needed: list[int] = []
-        # Per argument slot: the last storage checked, by weak reference, with its
-        # strides and the address of its first element. A storage that does not
-        # own its memory (a view: what ember tensors hold) can never move it, and
-        # while its strides stay the same it stays inside its owner and
-        # contiguous, so those checks need not run again for it.
-        self._known: dict[int, tuple[Any, tuple[int, ...], int]] = {}
-
-    def prepare(self, step: Step, env: Sequence[Storage | None]) -> tuple[Any, ...]:
-        """(step, prepared launch or None, slots whose addresses the launch takes)."""
-        prepare = getattr(getattr(step, "compiled", None), "prepare", None)
-        if prepare is None:
-            return step, None, ()
-        memory: list[Any] = []
-        slots: list[int] = []
-        for operand in step.reads + step.writes:
-            planned = env[operand.slot]
-            if planned is not None:
-                flat, base = planned
-                memory.append(flat[base:] if base else flat)
-            else:
-                memory.append(self.regions[operand.slot])
-                slots.append(operand.slot)
-        try:
-            launch = prepare(memory)
-        except SignatureError as error:
-            logger.debug("%s keeps per-call checks: %s", step.name, error)
-            return step, None, ()
-        self.needed.extend(s for s in slots if s not in self.needed)
-        return step, launch, tuple(slots)
-
-    def addresses(self, env: Sequence[Storage]) -> dict[int, int]:
-        """The address of the first element of every slot prepared launches take."""
-        found = {}
-        for slot in self.needed:
-            flat, base = env[slot]
-            spec = self.specs.get(slot)
-            if spec is None:
-                found[slot] = _address(flat)
-            else:
-                found[slot] = self._argument(slot, spec, flat, base)
-        return found
-
-    def _argument(self, slot: int, spec: ArgSpec, flat: np.ndarray, base: int) -> int:
-        np_dtype = spec.np_dtype
-        if flat.ndim != 1 or (flat.dtype is not np_dtype and flat.dtype != np_dtype):
-            raise SignatureError(
-                f"argument %{spec.name}: its storage is a {flat.ndim}-D "
-                f"{flat.dtype} array, not a flat {np_dtype} one",
-                op=spec.name,
-                expected=f"a 1-D {np_dtype} storage",
-                actual=f"{flat.ndim}-D {flat.dtype}",
-            )
-        known = self._known.get(slot)
-        strides = flat.strides
-        if known is not None and known[0]() is flat and known[1] == strides:
-            address = known[2]
-        else:
-            _check_inside_owner(spec, flat)
-            address = _address(flat)
-            if flat.base is not None:
-                self._known[slot] = (weakref.ref(flat), strides, address)
-        item = flat.itemsize
-        start = address + base * item
-        stop = start + spec._extent * item
-        low, high = self.hull
-        if start < high and low < stop:
-            self._check_private(spec, start, stop)
-        return start
-
-    def _check_private(self, spec: ArgSpec, start: int, stop: int) -> None:
-        for low, high in self.planned:
-            if start < high and low < stop:
-                raise SignatureError(
-                    f"argument %{spec.name} lies in memory the program uses for its "
-                    "intermediate values",
-                    op=spec.name,
-                    hint="pass a tensor of your own, not a view of program.plan",
-                )
-
-
-def _address(flat: np.ndarray) -> int:
-    """The address of a flat array's first element; SignatureError unless it is
-    contiguous (native code steps through it element by element)."""
-    try:
-        # Three times faster than ``flat.ctypes.data``; needs a writable,
-        # contiguous, non-empty buffer.
-        return ctypes.addressof(ctypes.c_char.from_buffer(flat))
-    except (TypeError, ValueError):
-        pass
-    if not flat.flags.c_contiguous:
-        raise SignatureError(
-            f"a storage must be a contiguous array, got strides {flat.strides}",
-            expected="a contiguous 1-D array",
-            actual=f"strides {flat.strides}",
-        )
-    return flat.ctypes.data
-
-
-def _check_inside_owner(spec: ArgSpec, flat: np.ndarray) -> None:
-    """SignatureError if ``flat`` (a view made with as_strided, say) reaches outside
-    the memory of the array that owns its data."""
-    owner: Any = flat
-    link: Any = flat.base
-    while link is not None:
-        if isinstance(link, np.ndarray):
-            owner = link
-        link = getattr(link, "base", None)
-    if owner is flat or not flat.size:
-        return
-    low, high = np.lib.array_utils.byte_bounds(flat)
-    owner_low, owner_high = np.lib.array_utils.byte_bounds(owner)
-    if low < owner_low or high > owner_high:
-        raise SignatureError(
-            f"argument %{spec.name}: its storage reaches outside the memory it views",
-            op=spec.name,
-            expected=f"bytes within [{owner_low}, {owner_high})",
-            actual=f"[{low}, {high})",
-            hint="build views with numpy slicing, not as_strided",
-        )
 
 
 def _lifetimes(steps: Sequence[Step], planned: set[int]) -> dict[int, tuple[int, int]]:

@@ -168,6 +168,11 @@ class Proxy(TensorMethods):
         self.node = self.tracer.node_of(result)
         return self
 
+    def backward(self, gradient: Any = None, retain_graph: bool = False) -> None:
+        """Differentiate the trace so far: only a traced training step can (see
+        :mod:`ember.compiler.step`)."""
+        self.tracer.backward(self, gradient)
+
     def __setitem__(self, index: Any, value: Any) -> None:
         raise _value_error(
             self,
@@ -341,6 +346,16 @@ class Tracer:
         # The input starts at its own first element, wherever that lies in storage.
         meta = TensorMeta(meta.shape, meta.dtype, meta.strides, 0)
         return Proxy(self.graph.input(name, meta, loc=loc), self)
+
+    def backward(self, root: Proxy, gradient: Any) -> None:
+        """``root.backward()`` inside the traced code: a model cannot do that."""
+        raise TraceError(
+            f"`{_code()}` calls Tensor.backward on %{root.node.name} inside a traced "
+            "model",
+            op="backward",
+            hint="call backward() outside the traced function, or compile the whole "
+            "training step (forward, backward and optimizer.step()) as one function",
+        )
 
     # Recording ----------------------------------------------------------------------
 

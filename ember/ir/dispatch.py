@@ -14,6 +14,11 @@ handler is chosen and before it runs. Tracing installs one so that ops applied t
 module parameters, which are eager tensors, are recorded in the graph even when no
 proxy is among the operands; it passes every other call on to the handler.
 
+A *writer* (installed with :func:`intercept_writes`) sees every in-place write into
+an eager tensor before memory changes, and may take it over: tracing a training
+step records the optimizer's writes into parameters and state as new graph values
+instead of writing memory.
+
 The runtime never imports the compiler: both only import this module.
 """
 
@@ -34,6 +39,12 @@ Interceptor = Callable[[OpDef, tuple[Any, ...], Attrs, Any], Any]
 # about threads checks the calling thread itself.
 _interceptors: list[Interceptor] = []
 
+#: ``writer(target, value, op)`` records a write into ``target`` and returns True, or
+#: returns False to let the write into memory happen.
+Writer = Callable[[Any, Any, str], bool]
+
+_writers: list[Writer] = []
+
 
 @contextlib.contextmanager
 def intercept(interceptor: Interceptor) -> Iterator[None]:
@@ -44,6 +55,22 @@ def intercept(interceptor: Interceptor) -> Iterator[None]:
         yield
     finally:
         _interceptors.remove(interceptor)
+
+
+@contextlib.contextmanager
+def intercept_writes(writer: Writer) -> Iterator[None]:
+    """Offer every in-place write into an eager tensor to ``writer`` while the block
+    runs (innermost wins)."""
+    _writers.append(writer)
+    try:
+        yield
+    finally:
+        _writers.remove(writer)
+
+
+def intercepted_write(target: Any, value: Any, op: str) -> bool:
+    """True when a writer took over writing ``value`` into ``target``."""
+    return bool(_writers) and _writers[-1](target, value, op)
 
 
 def is_scalar(value: Any) -> bool:

@@ -105,8 +105,15 @@ class Adam(Optimizer):
                 maximum(state["max_exp_avg_sq"], second)
             )
 
-        denom = second.sqrt() / math.sqrt(1 - beta2**step) + group["eps"]
-        param.sub_(exp_avg / denom, alpha=lr / (1 - beta1**step))
+        if isinstance(step, Tensor) or not hasattr(type(step), "__ember_priority__"):
+            denom = second.sqrt() / math.sqrt(1 - beta2**step) + group["eps"]
+            param.sub_(exp_avg / denom, alpha=lr / (1 - beta1**step))
+        else:
+            # A traced value: a compiled training step holds the count as a
+            # float64 0-d graph input (ember.compiler.step), which math.sqrt
+            # cannot take. The same formula, in tensor ops.
+            denom = second.sqrt() / (1 - beta2**step).sqrt() + group["eps"]
+            param.sub_(exp_avg / denom * (lr / (1 - beta1**step)))
 
 
 class AdamW(Adam):

@@ -29,7 +29,7 @@ from ember.errors import (
     LayoutError,
     ShapeError,
 )
-from ember.ir import dtypes, layout
+from ember.ir import dispatch, dtypes, layout
 from ember.ir import functions as F
 from ember.ir.dispatch import is_scalar
 from ember.ir.dtypes import DType
@@ -254,6 +254,8 @@ class Tensor(TensorMethods):
         from ember.runtime import autograd
 
         self._check_target(op)
+        if dispatch.intercepted_write(self, result, op):
+            return self
         if autograd.is_grad_enabled() and result.requires_grad:
             # ember records no in-place ops, so the written value's gradient would
             # be lost without a trace.
@@ -309,7 +311,8 @@ class Tensor(TensorMethods):
 
     def _copy_from(self, src: Any, op: str) -> Tensor:
         self._check_target(op)
-        if isinstance(src, Tensor):
+        # A traced value too (see ember.ir.dispatch): a writer may take it over.
+        if isinstance(src, Tensor) or hasattr(type(src), "__ember_priority__"):
             self._check_result(self.dtype, src.shape, op)
             if src.dtype is not self.dtype:
                 src = F.cast(src, self.dtype)

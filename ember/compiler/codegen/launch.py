@@ -14,6 +14,13 @@ Two calling conventions:
 * ``kernel.call_storage(*storages)`` takes flat 1-D storages, the way ember tensors
   hold their data; the kernel applies each buffer's offset and strides.
 
+A caller that calls a kernel many times on memory it can vouch for (a
+:class:`~ember.compiler.program.Program` and its planned buffers) prepares it once
+with :meth:`CompiledKernel.prepare`: fixed storages are checked then, and memory
+passed per call by address is described by a :class:`Region` that the launcher
+proves large enough; :class:`LaunchSequence` runs several prepared launches with
+one native call.
+
 Large kernels split the range of their first outer loop into chunks that the calling
 thread and the persistent workers of a thread pool claim one at a time inside native
 code (ctypes releases the GIL during the call). A worker that has not started by the
@@ -182,7 +189,7 @@ class CompiledKernel:
         self._check_overlap(storages, storage=True)
         self._launch(pointers, threads)
 
-    def _arity(self, arrays: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
+    def _arity(self, arrays: Sequence[Any]) -> Sequence[Any]:
         if len(arrays) != len(self._checks):
             names = [c.buffer.name for c in self._checks]
             raise SignatureError(
@@ -330,17 +337,102 @@ class PreparedLaunch:
         self._args = args
         self._variable = variable
 
-    def __call__(self, addresses: Sequence[int]) -> None:
+    @property
+    def regions(self) -> int:
+        """How many addresses a call takes."""
+        return len(self._variable)
+
+    @property
+    def sequenceable(self) -> bool:
+        """Whether a :class:`LaunchSequence` can run it: one call of the kernel's
+        main entry on the calling thread (no thread choice, no partial sums)."""
+        compiled = self.compiled
+        return compiled._points < PARALLEL_THRESHOLD and compiled._partial is None
+
+    def fill(self, addresses: Sequence[int]) -> None:
+        """Write the regions' addresses into the pointer array, without running."""
         args = self._args
         for (position, delta), address in zip(self._variable, addresses):
             args[position] = address + delta
+
+    def __call__(self, addresses: Sequence[int]) -> None:
+        self.fill(addresses)
         compiled = self.compiled
         if not compiled._runs:
             return
-        if compiled._points < PARALLEL_THRESHOLD and compiled._partial is None:
-            compiled._main(args, 0, compiled.emitted.split_extent)
+        if self.sequenceable:
+            compiled._main(self._args, 0, compiled.emitted.split_extent)
             return
-        compiled._launch_args(args, None)
+        compiled._launch_args(self._args, None)
+
+
+#: The native loop of a LaunchSequence: for each record of a table (function,
+#: pointer array, start, stop), call ``function(pointers, start, stop)``.
+_SEQUENCE_IR = """
+define void @ember_sequence(ptr %table, i64 %count) {
+entry:
+  %empty = icmp eq i64 %count, 0
+  br i1 %empty, label %done, label %loop
+loop:
+  %i = phi i64 [0, %entry], [%next, %loop]
+  %record = getelementptr [4 x i64], ptr %table, i64 %i
+  %fn = load ptr, ptr %record
+  %args.at = getelementptr i64, ptr %record, i64 1
+  %args = load ptr, ptr %args.at
+  %start.at = getelementptr i64, ptr %record, i64 2
+  %start = load i64, ptr %start.at
+  %stop.at = getelementptr i64, ptr %record, i64 3
+  %stop = load i64, ptr %stop.at
+  call void %fn(ptr %args, i64 %start, i64 %stop)
+  %next = add i64 %i, 1
+  %more = icmp ult i64 %next, %count
+  br i1 %more, label %loop, label %done
+done:
+  ret void
+}
+"""
+_SEQUENCE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)
+
+
+@functools.cache
+def _sequence_entry() -> tuple[Any, Any]:
+    """The JIT engine (kept alive here) and the entry of the sequence loop."""
+    code = target.emit_object(target.optimize(_SEQUENCE_IR, "ember_sequence"))
+    engine, addresses = target.load_object(code, ["ember_sequence"])
+    return engine, _SEQUENCE(addresses["ember_sequence"])
+
+
+class LaunchSequence:
+    """Prepared launches run one after the other by one native call.
+
+    Each launch must be :attr:`~PreparedLaunch.sequenceable`; its checks ran when
+    it was prepared, and the sequence only hands its pointer array to its kernel,
+    so it is exactly as safe as calling the launches in turn, minus one trip
+    through ctypes per kernel. ``sequence(addresses)`` takes the addresses of
+    every launch's regions, launch after launch. Like a prepared launch, one
+    sequence must not run on two threads at once.
+    """
+
+    def __init__(self, launches: Sequence[PreparedLaunch]) -> None:
+        assert all(launch.sequenceable for launch in launches)
+        self.launches = [launch for launch in launches if launch.compiled._runs]
+        self._fills = [(launch.fill, launch.regions) for launch in launches]
+        self._table = (ctypes.c_int64 * (4 * len(self.launches)))()
+        for k, launch in enumerate(self.launches):
+            compiled = launch.compiled
+            entry = ctypes.cast(compiled._main, ctypes.c_void_p).value
+            assert entry is not None
+            self._table[4 * k] = entry
+            self._table[4 * k + 1] = ctypes.addressof(launch._args)
+            self._table[4 * k + 3] = compiled.emitted.split_extent
+        self._engine, self._run = _sequence_entry()
+
+    def __call__(self, addresses: Sequence[int]) -> None:
+        start = 0
+        for fill, count in self._fills:
+            fill(addresses[start : start + count])
+            start += count
+        self._run(self._table, len(self.launches))
 
 
 class ThreadChooser:
@@ -480,7 +572,7 @@ class _BufferCheck:
 
     def check_region(self, region: Region) -> None:
         """Validate memory a prepared launch will be given by address."""
-        if region.dtype is not self.buffer.dtype:
+        if region.dtype != self.buffer.dtype:
             self._fail("wrong dtype", self.buffer.dtype.name, region.dtype.name)
         if self.is_output and not region.private:
             self._fail("an output needs memory of its own", "a private region",
@@ -517,25 +609,36 @@ def _byte_bounds(array: np.ndarray) -> tuple[int, int]:
     return low, high + array.itemsize
 
 
-def _check_inside_owner(array: np.ndarray, check: _BufferCheck) -> None:
-    """A view must lie inside the memory of the array that owns its data.
+def outside_owner(array: np.ndarray) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """The byte ranges of ``array`` and of the array that owns its memory, when the
+    first is not inside the second; None when it is.
 
-    numpy guarantees this for views it makes itself; ``as_strided`` can break it, so
-    views (arrays with a base) are checked against the last array in their base chain.
+    numpy guarantees containment for views it makes itself; ``as_strided`` can break
+    it, so views (arrays with a base) are checked against the last array in their
+    base chain.
     """
     if array.base is None:
-        return
+        return None
     owner: Any = array
     link: Any = array.base
     while link is not None:
         if isinstance(link, np.ndarray):
             owner = link
         link = getattr(link, "base", None)
-    if owner is array:
-        return
+    if owner is array or not array.size:
+        return None
     lo, hi = _byte_bounds(array)
     owner_lo, owner_hi = _byte_bounds(owner)
-    if array.size and (lo < owner_lo or hi > owner_hi):
+    if lo < owner_lo or hi > owner_hi:
+        return (lo, hi), (owner_lo, owner_hi)
+    return None
+
+
+def _check_inside_owner(array: np.ndarray, check: _BufferCheck) -> None:
+    """A view must lie inside the memory of the array that owns its data."""
+    outside = outside_owner(array)
+    if outside is not None:
+        (lo, hi), (owner_lo, owner_hi) = outside
         check._fail(
             "array reaches outside the memory it views",
             f"bytes within [{owner_lo}, {owner_hi})",

@@ -2,7 +2,8 @@
 
 Calls to libm stop the loop vectorizer, so every transcendental op is emitted as an
 internal ``alwaysinline`` function built from operations LLVM vectorizes (fma, rint,
-bit casts, integer shifts, selects; no branches). The O3 pipeline inlines them into
+bit casts, integer shifts, selects, and ``llvm.ldexp`` where the host has AVX-512; no
+branches). The O3 pipeline inlines them into
 the loop body before vectorizing. The reductions and their accuracy are described in
 ``docs/codegen.md``; the polynomial coefficients come from
 :mod:`ember.compiler.codegen.coefficients`.
@@ -40,12 +41,13 @@ _ERFC_PIECES = {"float": ["erfcx_1_4"], "double": ["erfcx_1_2.5", "erfcx_2.5_4",
 
 
 @functools.cache
-def native_ldexp() -> bool:
-    """Does the host scale by a power of two in one instruction?
+def has_avx512() -> bool:
+    """Does the host CPU have AVX-512 (``+avx512f``)?
 
-    AVX-512 has ``vscalefps``/``vscalefpd``, which LLVM uses for ``llvm.ldexp``;
-    elsewhere LLVM expands ``llvm.ldexp`` into a longer sequence than the integer
-    construction of two scale factors that :meth:`MathBuilder.exp` uses instead.
+    Then it scales by a power of two in one instruction (``vscalefps``/``vscalefpd``,
+    which LLVM uses for ``llvm.ldexp``); elsewhere LLVM expands ``llvm.ldexp`` into a
+    longer sequence than the integer construction of two scale factors that
+    :meth:`MathBuilder.exp` uses instead.
     """
     from ember.compiler.codegen.target import host_features
 
@@ -55,7 +57,7 @@ def native_ldexp() -> bool:
 class MathBuilder:
     """Emit arithmetic of one float type into an IRBuilder, with named helpers.
 
-    ``ldexp`` chooses how exp applies its power of two (default: :func:`native_ldexp`);
+    ``ldexp`` chooses how exp applies its power of two (default: :func:`has_avx512`);
     both ways give the same bits.
     """
 
@@ -65,7 +67,7 @@ class MathBuilder:
         self.b = builder
         self.ty = ty
         self.bits, self.mant, self.bias, self.ity, self.suffix = _FORMAT[str(ty)]
-        self.ldexp = native_ldexp() if ldexp is None else ldexp
+        self.ldexp = has_avx512() if ldexp is None else ldexp
 
     # constants and intrinsics
     def c(self, value: float) -> ir.Constant:
@@ -139,17 +141,24 @@ class MathBuilder:
         q = self.poly(r, "expm1_tail")
         return self.fma(self.b.fmul(r, r), q, r)
 
-    def exp(self, x: ir.Value) -> ir.Value:
-        """e**x; NaN in gives NaN out (NaN times any scale factor is NaN)."""
+    def exp(self, x: ir.Value, nonpositive: bool = False) -> ir.Value:
+        """e**x; NaN in gives NaN out (NaN times any scale factor is NaN).
+
+        ``nonpositive`` promises that ``x`` is at most 0 or NaN (softmax's
+        ``x - max``): the clamp against overflow is left out, nothing else changes.
+        """
         lo, hi = _EXP_RANGE[str(self.ty)]
-        xc = self.select(self.cmp(">", x, self.c(hi)), self.c(hi), x)
+        xc = x
+        if not nonpositive:
+            xc = self.select(self.cmp(">", xc, self.c(hi)), self.c(hi), xc)
         xc = self.select(self.cmp("<", xc, self.c(lo)), self.c(lo), xc)
         _, r, ki = self.reduce_ln2(xc)
         if self.ldexp:
             # 1 + (e**r - 1) rounds once; scaling it by 2**k is exact for normal
             # results and rounds once for subnormal ones: the bits of the other path.
             one_plus = self.b.fadd(self.expm1_reduced(r), self.c(1.0))
-            return self.b.call(_ldexp(self.b.module, self.ty), [one_plus, self._i32(ki)])
+            scale = _ldexp(self.b.module, self.ty)
+            return self.b.call(scale, [one_plus, self._i32(ki)])
         # Two scale factors keep both inside the normal range, so results that are
         # subnormal are rounded once, at the last multiply; (1 + p) * s1 is one fma.
         k1 = self.b.ashr(ki, self.ci(1))
@@ -296,6 +305,10 @@ UNARY: dict[str, Callable[[MathBuilder, ir.Value], ir.Value]] = {
     "sigmoid": MathBuilder.sigmoid,
     "erf": MathBuilder.erf,
 }
+#: Variants for arguments known to lie in a narrower range (see ``MathBuilder.exp``).
+NARROW: dict[str, Callable[[MathBuilder, ir.Value], ir.Value]] = {
+    "exp_nonpositive": functools.partial(MathBuilder.exp, nonpositive=True),
+}
 
 
 def math_function(module: ir.Module, name: str, ty: ir.Type) -> ir.Function:
@@ -313,5 +326,5 @@ def math_function(module: ir.Module, name: str, ty: ir.Type) -> ir.Function:
     if name == "pow":
         builder.ret(math_builder.pow(*fn.args))
     else:
-        builder.ret(UNARY[name](math_builder, fn.args[0]))
+        builder.ret({**UNARY, **NARROW}[name](math_builder, fn.args[0]))
     return fn

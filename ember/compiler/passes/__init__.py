@@ -14,7 +14,7 @@ after every pass when ``EMBER_VERIFY=1`` and dumps it when ``EMBER_DUMP_DIR`` is
     >>> _ = g.output([g.call("softmax", [x], {"dim": 1})])
     >>> g = optimize(g, verify=False)
     >>> [n.op for n in g.calls()]
-    ['amax', 'sub', 'exp', 'sum', 'div']
+    ['amax', 'sub', 'exp', 'sum', 'div', 'mul']
 """
 
 from __future__ import annotations

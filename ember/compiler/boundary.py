@@ -1,0 +1,216 @@
+"""The boundary of a :class:`~ember.compiler.program.Program`: where a call's
+arguments are checked once, so that the kernels behind it need not check them.
+
+:class:`Boundary` prepares each kernel step when the program is built
+(:meth:`~ember.compiler.codegen.launch.CompiledKernel.prepare`) and, on each call,
+checks what the launcher would otherwise check per kernel and hands the prepared
+launches bare addresses; :func:`sequenced` groups consecutive prepared launches of
+small kernels into one native call
+(:class:`~ember.compiler.codegen.launch.LaunchSequence`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import weakref
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ember.errors import SignatureError
+from ember.ir.meta import TensorMeta
+
+if TYPE_CHECKING:
+    from ember.compiler.program import ArgSpec, BufferPlan, Step, Storage
+
+logger = logging.getLogger(__name__)
+
+
+class Boundary:
+    """The checks at the program boundary that let kernels skip their own.
+
+    A kernel whose buffers all live in planned buffers, constants, fresh results or
+    arguments it only reads is *prepared* once (:meth:`CompiledKernel.prepare`
+    checks the planned storages and proves every buffer fits in its slot), and on
+    each call gets only addresses. What the launcher would check per call is then
+    checked here, once per argument instead of once per kernel and argument:
+    :meth:`ArgSpec.check` vouches for dtype, shape, strides and the bounds of the
+    layout in its storage; :meth:`addresses` adds that the storage is a flat
+    contiguous array of the right dtype lying inside the memory it views, and that
+    it overlaps no planned buffer (kernels write those). Fresh results are new
+    arrays, so they overlap nothing. A kernel that writes an argument, or whose
+    buffer reaches past its slot's layout, keeps the launcher's checks on every
+    call.
+    """
+
+    def __init__(
+        self,
+        args: Sequence[ArgSpec],
+        arg_slots: Sequence[int],
+        fresh: dict[int, TensorMeta],
+        plan: BufferPlan,
+    ) -> None:
+        from ember.compiler.codegen.launch import Region
+
+        self.regions: dict[int, Any] = {
+            slot: Region(spec.meta.dtype, spec._extent)
+            for spec, slot in zip(args, arg_slots)
+        }
+        self.regions.update(
+            (slot, Region(meta.dtype, meta.numel, private=True))
+            for slot, meta in fresh.items()
+        )
+        self.specs = dict(zip(arg_slots, args))
+        self.planned = [
+            (buffer.ctypes.data, buffer.ctypes.data + buffer.nbytes)
+            for buffer in plan.buffers
+        ]
+        self.hull = (
+            min((low for low, _ in self.planned), default=0),
+            max((high for _, high in self.planned), default=0),
+        )
+        self.needed: list[int] = []
+        # Per argument slot: the last storage checked, by weak reference, with its
+        # strides and the address of its first element. A storage that does not
+        # own its memory (a view: what ember tensors hold) can never move it, and
+        # while its strides stay the same it stays inside its owner and
+        # contiguous, so those checks need not run again for it.
+        self._known: dict[int, tuple[Any, tuple[int, ...], int]] = {}
+
+    def prepare(self, step: Step, env: Sequence[Storage | None]) -> tuple[Any, ...]:
+        """(step, prepared launch or None, slots whose addresses the launch takes)."""
+        prepare = getattr(getattr(step, "compiled", None), "prepare", None)
+        if prepare is None:
+            return step, None, ()
+        memory: list[Any] = []
+        slots: list[int] = []
+        for operand in step.reads + step.writes:
+            planned = env[operand.slot]
+            if planned is not None:
+                flat, base = planned
+                memory.append(flat[base:] if base else flat)
+            else:
+                memory.append(self.regions[operand.slot])
+                slots.append(operand.slot)
+        try:
+            launch = prepare(memory)
+        except SignatureError as error:
+            logger.debug("%s keeps per-call checks: %s", step.name, error)
+            return step, None, ()
+        self.needed.extend(s for s in slots if s not in self.needed)
+        return step, launch, tuple(slots)
+
+    def addresses(self, env: Sequence[Storage]) -> dict[int, int]:
+        """The address of the first element of every slot prepared launches take."""
+        found = {}
+        for slot in self.needed:
+            flat, base = env[slot]
+            spec = self.specs.get(slot)
+            if spec is None:
+                found[slot] = _address(flat)
+            else:
+                found[slot] = self._argument(slot, spec, flat, base)
+        return found
+
+    def _argument(self, slot: int, spec: ArgSpec, flat: np.ndarray, base: int) -> int:
+        np_dtype = spec.np_dtype
+        if flat.ndim != 1 or (flat.dtype is not np_dtype and flat.dtype != np_dtype):
+            raise SignatureError(
+                f"argument %{spec.name}: its storage is a {flat.ndim}-D "
+                f"{flat.dtype} array, not a flat {np_dtype} one",
+                op=spec.name,
+                expected=f"a 1-D {np_dtype} storage",
+                actual=f"{flat.ndim}-D {flat.dtype}",
+            )
+        known = self._known.get(slot)
+        strides = flat.strides
+        if known is not None and known[0]() is flat and known[1] == strides:
+            address = known[2]
+        else:
+            _check_inside_owner(spec, flat)
+            address = _address(flat)
+            if flat.base is not None:
+                self._known[slot] = (weakref.ref(flat), strides, address)
+        item = flat.itemsize
+        start = address + base * item
+        stop = start + spec._extent * item
+        low, high = self.hull
+        if start < high and low < stop:
+            self._check_private(spec, start, stop)
+        return start
+
+    def _check_private(self, spec: ArgSpec, start: int, stop: int) -> None:
+        for low, high in self.planned:
+            if start < high and low < stop:
+                raise SignatureError(
+                    f"argument %{spec.name} lies in memory the program uses for its "
+                    "intermediate values",
+                    op=spec.name,
+                    hint="pass a tensor of your own, not a view of program.plan",
+                )
+
+
+def _address(flat: np.ndarray) -> int:
+    """The address of a flat array's first element; SignatureError unless it is
+    contiguous (native code steps through it element by element)."""
+    try:
+        # Three times faster than ``flat.ctypes.data``; needs a writable,
+        # contiguous, non-empty buffer.
+        first = ctypes.c_char.from_buffer(flat)  # type: ignore[arg-type]
+        return ctypes.addressof(first)
+    except (TypeError, ValueError):
+        pass
+    if not flat.flags.c_contiguous:
+        raise SignatureError(
+            f"a storage must be a contiguous array, got strides {flat.strides}",
+            expected="a contiguous 1-D array",
+            actual=f"strides {flat.strides}",
+        )
+    return flat.ctypes.data
+
+
+def _check_inside_owner(spec: ArgSpec, flat: np.ndarray) -> None:
+    """SignatureError if ``flat`` (a view made with as_strided, say) reaches outside
+    the memory of the array that owns its data."""
+    from ember.compiler.codegen.launch import outside_owner
+
+    outside = outside_owner(flat)
+    if outside is not None:
+        (low, high), (owner_low, owner_high) = outside
+        raise SignatureError(
+            f"argument %{spec.name}: its storage reaches outside the memory it views",
+            op=spec.name,
+            expected=f"bytes within [{owner_low}, {owner_high})",
+            actual=f"[{low}, {high})",
+            hint="build views with numpy slicing, not as_strided",
+        )
+
+
+def sequenced(schedule: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """The schedule with each run of two or more consecutive prepared launches that
+    can share one native call replaced by a (steps, LaunchSequence, slots) entry."""
+    from ember.compiler.codegen.launch import LaunchSequence
+
+    grouped: list[tuple[Any, ...]] = []
+    run: list[tuple[Any, ...]] = []
+
+    def close_run() -> None:
+        if len(run) > 1:
+            steps = tuple(step for step, _, _ in run)
+            slots = tuple(slot for _, _, entry_slots in run for slot in entry_slots)
+            sequence = LaunchSequence([launch for _, launch, _ in run])
+            grouped.append((steps, sequence, slots))
+        else:
+            grouped.extend(run)
+        run.clear()
+
+    for entry in schedule:
+        if getattr(entry[1], "sequenceable", False):
+            run.append(entry)
+        else:
+            close_run()
+            grouped.append(entry)
+    close_run()
+    return grouped

@@ -1,0 +1,611 @@
+"""Compiled training steps: forward, backward and the optimizer update as one program.
+
+``ember.compile(step)`` of a function that uses an ember optimizer (found among the
+values the function captures: its closure, the globals it names and, for a bound
+method, its object's attributes) returns a :class:`CompiledStep`. Tracing such a
+step differs from tracing a model in three ways:
+
+1. every parameter of the optimizers, every tensor of their state (momentum buffers,
+   Adam moments) and every existing ``.grad`` is a graph ``param`` (a parameter that
+   requires grad) or ``buffer`` node, read by name at each call, never a constant;
+   a Python number in the state (Adam's step count) is a float64 0-d graph input;
+2. ``loss.backward()`` on a traced loss runs :func:`~ember.compiler.autodiff.
+   differentiate` on the trace so far and binds each parameter's ``.grad`` to a
+   proxy of its gradient (added to a gradient it already had), so the optimizer
+   reads traced gradients; ``zero_grad()`` drops them as it does eagerly;
+3. in-place writes into those tensors (``p.sub_(...)``, ``buf.mul_(...)``,
+   ``grad.zero_()``) are taken over by a dispatch writer
+   (:func:`ember.ir.dispatch.intercept_writes`): each becomes a new graph value that
+   later reads see, and the graph outputs the last value of every written tensor.
+
+After the program runs, the written parameters and state tensors receive their new
+values in place (views and the model see them), each parameter's ``.grad`` holds
+the gradient of this step (a new tensor, or None after a trailing ``zero_grad()``),
+as eagerly, and numbers in the state are set from their outputs.
+
+Optimizer state that the step creates (a momentum buffer cloned from the first
+gradient, Adam's moments at the first step) cannot be a program input before it
+exists, so the first call always runs eagerly, creating gradients and state; the
+second traces and compiles. A later call whose trace creates state (a parameter
+that gets its first gradient) discards that trace, restores the optimizer's state
+and runs eagerly; the next call traces again. Group options (``lr``, betas) are
+constants of the program and part of its signature: a changed learning rate
+compiles a new program.
+
+    >>> import ember
+    >>> model = ember.nn.Linear(3, 1)
+    >>> opt = ember.optim.SGD(model.parameters(), lr=0.1)
+    >>> def step(x, y):
+    ...     loss = ((model(x) - y) ** 2).mean()
+    ...     opt.zero_grad()
+    ...     loss.backward()
+    ...     opt.step()
+    ...     return loss
+    >>> compiled = ember.compile(step)
+    >>> type(compiled).__name__
+    'CompiledStep'
+    >>> x, y = ember.ones(4, 3), ember.zeros(4, 1)
+    >>> for _ in range(3):  # eagerly, then traced and compiled, then compiled
+    ...     loss = compiled(x, y)
+    >>> compiled.eager_calls, len(compiled.cache)
+    (1, 1)
+    >>> [n.target for n in compiled.graph.params]
+    ['weight', 'bias']
+    >>> model.weight.grad.shape
+    (1, 3)
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ember.compiler.autodiff import differentiate
+from ember.compiler.interpret import layout_key
+from ember.compiler.trace import (
+    Proxy,
+    Spec,
+    Tracer,
+    _code,
+    _definition_line,
+    _input_names,
+    flatten,
+    model_name,
+    unflatten,
+)
+from ember.errors import EmberError, TraceError, UnsupportedError
+from ember.ir import dispatch, dtypes
+from ember.ir import functions as F
+from ember.ir.graph import Graph, Node
+from ember.ir.meta import TensorMeta
+from ember.runtime import autograd
+from ember.runtime.tensor import Tensor
+
+logger = logging.getLogger(__name__)
+
+#: How many signatures one compiled step keeps programs for; the oldest goes first.
+CACHE_LIMIT = 16
+
+_NUMBER = TensorMeta.contiguous((), dtypes.float64)
+
+
+# Finding the optimizers ------------------------------------------------------------
+
+
+def _is_optimizer(value: Any) -> bool:
+    return all(hasattr(value, a) for a in ("param_groups", "state", "zero_grad"))
+
+
+def _captured(fn: Callable[..., Any]) -> list[Any]:
+    """The values ``fn`` can reach by name: closure cells, the globals its code
+    names (also in nested functions) and a bound method's object and attributes."""
+    found: list[Any] = []
+    owner = getattr(fn, "__self__", None)
+    if owner is not None:
+        found.append(owner)
+        found.extend(getattr(owner, "__dict__", {}).values())
+    fn = inspect.unwrap(getattr(fn, "__func__", fn))
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return found
+    for cell in getattr(fn, "__closure__", None) or ():
+        try:
+            found.append(cell.cell_contents)
+        except ValueError:  # a cell not yet assigned
+            continue
+    scope = getattr(fn, "__globals__", {})
+    found.extend(scope[name] for name in _names(code) if name in scope)
+    return found
+
+
+def _names(code: Any) -> Iterator[str]:
+    yield from code.co_names
+    for const in code.co_consts:
+        if inspect.iscode(const):
+            yield from _names(const)
+
+
+def find_optimizers(fn: Callable[..., Any]) -> list[Any]:
+    """The ember optimizers ``fn`` captures, in the order it names them."""
+    found: list[Any] = []
+    for value in _captured(fn):
+        if _is_optimizer(value) and all(value is not f for f in found):
+            found.append(value)
+    return found
+
+
+def _parameter_names(fn: Callable[..., Any]) -> dict[int, str]:
+    """Qualified names of the parameters of the modules ``fn`` captures, by id."""
+    names: dict[int, str] = {}
+    for value in _captured(fn):
+        if hasattr(value, "named_parameters") and not isinstance(value, Tensor):
+            for name, tensor in value.named_parameters():
+                names.setdefault(id(tensor), name)
+    return names
+
+
+# The state one call reads ----------------------------------------------------------
+
+
+@dataclass
+class _State:
+    """What the optimizers hold at one call: tensors by graph name, Python numbers
+    (their dict, key and graph name) and the parameters by name."""
+
+    tensors: dict[str, Tensor]
+    numbers: list[tuple[dict[str, Any], str, str]]
+    params: dict[str, Tensor]
+    key: tuple[Any, ...]
+    #: Which parameters have a ``.grad``: part of the signature unless every
+    #: parameter had one at the trace and the step did not read them (it zeroed
+    #: them first), so the program serves calls with or without gradients.
+    grad_key: tuple[bool, ...]
+
+
+def _gather(optimizers: list[Any], names: dict[int, str]) -> _State:
+    tensors: dict[str, Tensor] = {}
+    numbers: list[tuple[dict[str, Any], str, str]] = []
+    params: dict[str, Tensor] = {}
+    key: list[Any] = []
+    grad_key: list[bool] = []
+    for k, opt in enumerate(optimizers):
+        prefix = f"opt{k}." if len(optimizers) > 1 else ""
+        for group in opt.param_groups:
+            key.append(
+                tuple(
+                    (name, value)
+                    for name, value in group.items()
+                    if name not in ("params", "param_names")
+                )
+            )
+            for param in group["params"]:
+                name = prefix + names.get(id(param), f"param{len(params)}")
+                params[name] = param
+                tensors[name] = param
+                key.append((name, param._meta, param.requires_grad))
+                grad_key.append(param.grad is not None)
+                if param.grad is not None:
+                    tensors[f"{name}.grad"] = param.grad
+                for entry, value in opt.state.get(param, {}).items():
+                    label = f"{name}.{entry}"
+                    if isinstance(value, Tensor):
+                        tensors[label] = value
+                        key.append((label, value._meta))
+                    else:
+                        numbers.append((opt.state[param], entry, label))
+                        key.append((label, type(value)))
+    return _State(tensors, numbers, params, tuple(key), tuple(grad_key))
+
+
+# Tracing a step --------------------------------------------------------------------
+
+
+class StepTracer(Tracer):
+    """A tracer for a training step; see the module docstring."""
+
+    def __init__(self, graph: Graph, state: _State) -> None:
+        super().__init__(graph)
+        self.by_name: dict[str, Tensor] = {}
+        for name, tensor in state.tensors.items():
+            kind = (
+                "param" if name in state.params and tensor.requires_grad else "buffer"
+            )
+            self._tracked[id(tensor)] = (kind, name, tensor)
+            self.by_name[name] = tensor
+        #: The tracked tensors written in the step, by id, in the order written.
+        self.written: dict[int, tuple[str, Tensor]] = {}
+        self._storages = {id(t._storage) for t in state.tensors.values()}
+        self._twins: dict[str, Node] | None = None
+        #: Whether the trace failed writing a traced value into an untracked tensor.
+        self.new_tensor_written = False
+
+    def node_of(self, value: Any) -> Node:
+        if isinstance(value, Proxy) and value.node.graph is not self.graph:
+            # A proxy made before backward() switched to the joint graph.
+            assert self._twins is not None
+            value.node = self._twins[value.node.name]
+        return super().node_of(value)
+
+    def backward(self, root: Proxy, gradient: Any) -> None:
+        """Bind every parameter's ``.grad`` to a proxy of its gradient."""
+        if gradient is not None:
+            raise UnsupportedError(
+                f"`{_code()}`: backward(gradient) in a compiled training step",
+                op="backward",
+                hint="reduce the loss to one element and call loss.backward()",
+            )
+        wrt = [n for n in self.graph.params if n.kind == "param"]
+        output = self.graph.output([self.node_of(root)])
+        try:
+            joint = differentiate(self.graph, wrt, implicit=True, allow_unused=True)
+        finally:
+            self.graph.erase(output)
+        joint.graph.erase(joint.graph.output_node)
+        self._switch(joint.graph)
+        for target, grad in zip(joint.wrt, joint.gradients):
+            if grad is None:
+                continue
+            param = self.by_name[target.target or ""]
+            proxy: Any = Proxy(grad, self)
+            # While tracing, .grad holds a proxy; the snapshot puts tensors back.
+            param.grad = proxy if param.grad is None else param.grad + proxy
+
+    def _switch(self, graph: Graph) -> None:
+        """Record into ``graph``, a copy of the current graph with more nodes."""
+        twins = {n.name: n for n in graph.nodes}
+        self._twins = twins
+        self.graph = graph
+        self._lifted = {k: (twins[n.name], t) for k, (n, t) in self._lifted.items()}
+        self._scalars = {k: twins[n.name] for k, n in self._scalars.items()}
+
+    def write(self, target: Any, value: Any, op: str) -> bool:
+        """The dispatch writer: record a write into a tracked tensor."""
+        if threading.get_ident() != self.thread:
+            return False
+        tracked = self._tracked.get(id(target))
+        if tracked is None:
+            if id(target._storage) in self._storages:
+                raise TraceError(
+                    f"`{_code()}` writes ({op}) into a view of a parameter or of "
+                    "optimizer state",
+                    op=op,
+                    hint="in a compiled training step, write into whole parameters "
+                    "and optimizer state tensors",
+                )
+            if isinstance(value, Proxy):
+                # New optimizer state (the step then runs eagerly and stores it),
+                # or a tensor the step cannot update.
+                self.new_tensor_written = True
+                raise TraceError(
+                    f"`{_code()}` writes ({op}) a traced value into an eager tensor "
+                    "that is neither a parameter nor optimizer state",
+                    op=op,
+                    hint="build the value out of place (x = x + y)",
+                )
+            return False
+        if value.dtype is not target.dtype:
+            value = F.cast(value, target.dtype)
+        if value.shape != target.shape:
+            value = F.broadcast_to(value, target.shape)
+        node = self.node_of(value)
+        self._lifted[id(target)] = (node, target)
+        self.written[id(target)] = (tracked[1], target)
+        return True
+
+
+#: The cache entry of a signature whose step cannot be traced: it runs eagerly.
+_EAGER: Any = object()
+
+
+@dataclass
+class _StepProgram:
+    """The program of one signature, and how to hand its outputs back."""
+
+    program: Any
+    graph: Graph
+    output_spec: Spec
+    num_results: int
+    writes: list[str]  # tensors written in place, in output order
+    grads: list[tuple[str, int | None]]  # each parameter's new .grad (None: dropped)
+    numbers: list[tuple[int, int]]  # (index into _State.numbers, output index)
+    reads_grads: bool  # whether the program reads gradients from before the step
+    #: For each written tensor, whether target and result fill their storage in
+    #: order (a flat copy serves); found at the first run.
+    flat: list[bool] | None = None
+
+
+class CompiledStep:
+    """A compiled training step; call it like the original. See the module."""
+
+    def __init__(self, fn: Callable[..., Any], backend: str, optimizers: list[Any]):
+        self.fn = fn
+        self.backend = backend
+        self.optimizers = optimizers
+        self.label = model_name(fn)
+        self.cache: dict[tuple[Any, ...], _StepProgram] = {}
+        #: Calls so far, and those that ran the step eagerly.
+        self.calls = 0
+        self.eager_calls = 0
+        self._names = _parameter_names(fn)
+        # Calls whose arguments are all tensors, by exact layout and state
+        # signature, mapped to the entry the full key chose for them.
+        self._fast: dict[tuple[Any, ...], _StepProgram] = {}
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.calls == 0:
+            # The first step creates gradients and optimizer state eagerly.
+            self.calls = self.eager_calls = 1
+            return self.fn(*args, **kwargs)
+        self.calls += 1
+        state = _gather(self.optimizers, self._names)
+        fast = None if kwargs else _fast_key(args, state)
+        entry = self._fast.get(fast) if fast is not None else None
+        if entry is not None:
+            return self._run(entry, args, state)
+        leaves, spec = flatten((args, kwargs), lambda v: isinstance(v, Tensor))
+        key = (
+            _hashable(spec),
+            tuple(layout_key(t._meta) for t in leaves),
+            state.key,
+        )
+        entry = self.cache.get(key + (state.grad_key,)) or self.cache.get(key)
+        if entry is None:
+            entry = self._build(args, kwargs, leaves, spec, state)
+            if entry is None:
+                return self._run_eagerly(args, kwargs, key + (state.grad_key,))
+            self._store(key, state, entry)
+        if entry is _EAGER:
+            self.eager_calls += 1
+            return self.fn(*args, **kwargs)
+        if fast is not None:
+            if len(self._fast) >= 4 * CACHE_LIMIT:
+                self._fast.clear()
+            self._fast[fast] = entry
+        return self._run(entry, leaves, state)
+
+    def _run_eagerly(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], key: tuple[Any, ...]
+    ) -> Any:
+        """Run a step whose trace failed; remember it when it created no state (a
+        new trace would fail again)."""
+        self.eager_calls += 1
+        result = self.fn(*args, **kwargs)
+        if _gather(self.optimizers, self._names).key == key[2]:
+            logger.info("%s runs eagerly from now on", self.label)
+            self.cache[key] = _EAGER
+        return result
+
+    def _store(self, key: tuple[Any, ...], state: _State, entry: _StepProgram) -> None:
+        """Cache ``entry``; without the gradients' presence in the key when every
+        parameter had one and the program does not read them."""
+        general = all(state.grad_key) and not entry.reads_grads
+        self.cache[key if general else key + (state.grad_key,)] = entry
+        if len(self.cache) > CACHE_LIMIT:
+            self.cache.pop(next(iter(self.cache)))
+            self._fast.clear()
+            logger.info("%s: dropped the oldest program", self.label)
+
+    def _run(self, entry: _StepProgram, leaves: Sequence[Tensor], state: _State) -> Any:
+        inputs = list(leaves)
+        if state.numbers:
+            inputs += [
+                Tensor._from_array(np.array(float(d[k]))) for d, k, _ in state.numbers
+            ]
+        if isinstance(entry.program, functools.partial):
+            # The interpreter runs eager ops: no autograd history on the results.
+            with autograd.no_grad():
+                outputs = entry.program(inputs, state.tensors)
+        else:
+            outputs = entry.program(inputs, state.tensors)
+        position = entry.num_results
+        if entry.flat is None:
+            # Layouts are fixed per signature: decide once how to copy each.
+            entry.flat = [
+                _fills_storage(state.tensors[name]) and _fills_storage(value)
+                for name, value in zip(entry.writes, outputs[position:])
+            ]
+        for name, flat in zip(entry.writes, entry.flat):
+            target, value = state.tensors[name], outputs[position]
+            whole, source = target._storage.data, value._storage.data
+            if flat and whole.shape == source.shape:
+                # Both fill their whole flat buffers in order: one flat copy.
+                np.copyto(whole, source)
+            else:
+                np.copyto(target.numpy(), value.numpy())
+            target._storage.version += 1
+            position += 1
+        for name, index in entry.grads:
+            state.params[name].grad = None if index is None else outputs[index]
+        for number, index in entry.numbers:
+            owner, k, _ = state.numbers[number]
+            owner[k] = type(owner[k])(outputs[index].item())
+        return unflatten(entry.output_spec, outputs[: entry.num_results])
+
+    def _build(
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        leaves: list[Tensor],
+        spec: Spec,
+        state: _State,
+    ) -> _StepProgram | None:
+        graph = Graph(self.label)
+        tracer = StepTracer(graph, state)
+        names = _input_names(self.fn, args, kwargs, spec)
+        loc = _definition_line(self.fn)
+        proxies = [tracer.input(name, t, loc) for name, t in zip(names, leaves)]
+        # A clone of each number input, so that `state["step"] += 1` may rebind it.
+        number_proxies = [
+            F.clone(Proxy(graph.input(label, _NUMBER, loc=loc), tracer))
+            for _, _, label in state.numbers
+        ]
+        saved = _Snapshot(self.optimizers, state)
+        for (owner, k, _), proxy in zip(state.numbers, number_proxies):
+            owner[k] = proxy
+        call_args, call_kwargs = unflatten(spec, proxies)
+        failure: EmberError | None = None
+        try:
+            with (
+                dispatch.intercept(tracer.intercept),
+                dispatch.intercept_writes(tracer.write),
+            ):
+                result = self.fn(*call_args, **call_kwargs)
+            finals = saved.finals(state)
+        except EmberError as error:
+            failure = error
+        finally:
+            tracer.finished = True
+            created = saved.restore()
+        if created or tracer.new_tensor_written:
+            # A trace that creates state (Adam's moments) may fail before the
+            # optimizer stores it, at the first write into a new moment tensor.
+            logger.info(
+                "%s: this call runs eagerly (it creates optimizer state, or %s)",
+                self.label,
+                failure.message if failure is not None else "no failure",
+            )
+            return None
+        if failure is not None:
+            raise type(failure)(
+                f"while tracing {self.label}: {failure.message}",
+                op=failure.op,
+                expected=failure.expected,
+                actual=failure.actual,
+                hint=failure.hint,
+                location=failure.location,
+            ) from None
+        return self._finish(tracer, result, finals, state)
+
+    def _finish(
+        self, tracer: StepTracer, result: Any, finals: _Finals, state: _State
+    ) -> _StepProgram:
+        from ember.compiler.compile import BACKENDS
+
+        graph = tracer.graph
+        outputs, output_spec = flatten(result, lambda v: isinstance(v, (Proxy, Tensor)))
+        nodes = [tracer.node_of(v) for v in outputs]
+        count = len(nodes)
+        writes = []
+        for name, tensor in tracer.written.values():
+            writes.append(name)
+            nodes.append(tracer.node_of(tensor))
+        grads: list[tuple[str, int | None]] = []
+        for name, grad in finals.grads.items():
+            if grad is None:
+                grads.append((name, None))
+            else:
+                grads.append((name, len(nodes)))
+                nodes.append(tracer.node_of(grad))
+        numbers = []
+        for index, value in finals.numbers.items():
+            numbers.append((index, len(nodes)))
+            nodes.append(tracer.node_of(value))
+        graph.output(nodes)
+        program = _build_program(BACKENDS, self.backend, graph)
+        logger.debug("compiled training step %s: %d nodes", self.label, len(graph))
+        reads = any(t.endswith(".grad") for t in (n.target or "" for n in graph.params))
+        return _StepProgram(
+            program, graph, output_spec, count, writes, grads, numbers, reads
+        )
+
+    @property
+    def graph(self) -> Graph | None:
+        """The graph of the most recently compiled signature."""
+        programs = [e for e in self.cache.values() if e is not _EAGER]
+        return programs[-1].graph if programs else None
+
+    def __repr__(self) -> str:
+        return f"CompiledStep({self.label}, backend={self.backend!r})"
+
+
+def _fills_storage(tensor: Tensor) -> bool:
+    """Whether ``tensor`` is its whole storage, in row-major order."""
+    meta = tensor._meta
+    return tensor._storage.size == meta.numel and meta.is_contiguous()
+
+
+def _build_program(backends: dict[str, Any], backend: str, graph: Graph) -> Any:
+    """The backend's program; the interpreter's when the backend cannot lower an op."""
+    from ember.compiler.interpret import interpret
+    from ember.errors import LoweringError
+
+    try:
+        return backends[backend](graph)
+    except LoweringError as error:
+        logger.info("%s runs on the interpreter: %s", graph.name, error.message)
+        return functools.partial(interpret, graph)
+
+
+@dataclass
+class _Finals:
+    """The values the traced step left: each parameter's ``.grad`` (a proxy, a
+    tensor, or None) and the numbers of the state that changed (by index)."""
+
+    grads: dict[str, Any]
+    numbers: dict[int, Any]
+
+
+class _Snapshot:
+    """The optimizers' state dicts and the parameters' gradients before tracing, to
+    put back afterwards: the trace must leave no proxy behind."""
+
+    def __init__(self, optimizers: list[Any], state: _State) -> None:
+        self.optimizers = optimizers
+        self.tables = [(opt.state, dict(opt.state)) for opt in optimizers]
+        self.entries = [
+            (entry, dict(entry)) for opt in optimizers for entry in opt.state.values()
+        ]
+        self.grads = {name: p.grad for name, p in state.params.items()}
+        self.params = state.params
+        self.numbers = [d[k] for d, k, _ in state.numbers]
+
+    def finals(self, state: _State) -> _Finals:
+        grads = {}
+        for name, param in self.params.items():
+            if param.grad is not self.grads[name]:
+                grads[name] = param.grad
+        numbers = {}
+        for index, (owner, k, _) in enumerate(state.numbers):
+            numbers[index] = owner[k]
+        return _Finals(grads, numbers)
+
+    def restore(self) -> bool:
+        """Put everything back; True when the trace created optimizer state."""
+        created = False
+        for table, before in self.tables:
+            created |= table.keys() != before.keys()
+            table.clear()
+            table.update(before)
+        for entry, before in self.entries:
+            created |= entry.keys() != before.keys()
+            entry.clear()
+            entry.update(before)
+        for name, param in self.params.items():
+            param.grad = self.grads[name]
+        return created
+
+
+def _fast_key(args: tuple[Any, ...], state: _State) -> tuple[Any, ...] | None:
+    """For a call whose arguments are all plain tensors, a key that implies the full
+    signature: each argument's shape, dtype and strides, and the state's key."""
+    layouts = []
+    for arg in args:
+        if type(arg) is not Tensor:
+            return None
+        meta = arg._meta
+        layouts.append((meta.shape, meta.dtype, meta.strides))
+    return (tuple(layouts), state.key, state.grad_key)
+
+
+def _hashable(spec: Spec) -> Any:
+    from ember.compiler.compile import _hashable as hashable
+
+    return hashable(spec)
