@@ -39,9 +39,11 @@ def chain_kernel(n: int = N) -> LoopKernel:
     x, w, b = (Buffer(name, float32, (n,), (1,)) for name in "xwb")
     y = Buffer.dense("y", float32, (n,))
     lx = load(x)
-    value = op("add",
-               op("mul", op("relu", op("add", op("mul", lx, load(w)), load(b))), 0.5),
-               op("mul", op("tanh", lx), 0.1))
+    value = op(
+        "add",
+        op("mul", op("relu", op("add", op("mul", lx, load(w)), load(b))), 0.5),
+        op("mul", op("tanh", lx), 0.1),
+    )
     return LoopKernel("chain", (x, w, b, y), (n,), (), (Store("y", value),))
 
 
@@ -63,8 +65,13 @@ def mse_kernel(n: int = N) -> LoopKernel:
     out = Buffer.dense("loss", float32, ())
     diff = op("sub", load(a), load(b))
     total = Reduce("total", "sum", op("mul", diff, diff))
-    return LoopKernel("mse", (a, b, out), (), (n,),
-                      (total, Store("loss", op("div", total.ref(), float(n)))))
+    return LoopKernel(
+        "mse",
+        (a, b, out),
+        (),
+        (n,),
+        (total, Store("loss", op("div", total.ref(), float(n)))),
+    )
 
 
 def median_seconds(fn: Callable[[], object], repeats: int) -> float:
@@ -93,8 +100,11 @@ def torch_timings(data: dict[str, np.ndarray], repeats: int) -> dict[str, float]
     t = {k: torch.from_numpy(v) for k, v in data.items()}
     return {
         "pointwise chain": median_seconds(
-            lambda: torch.relu(t["x"] * t["w"] + t["b"]) * 0.5 + torch.tanh(t["x"]) * 0.1,
-            repeats),
+            lambda: (
+                torch.relu(t["x"] * t["w"] + t["b"]) * 0.5 + torch.tanh(t["x"]) * 0.1
+            ),
+            repeats,
+        ),
         "row softmax": median_seconds(lambda: torch.softmax(t["m"], dim=1), repeats),
         "mse": median_seconds(lambda: torch.mean((t["a"] - t["b"]) ** 2), repeats),
     }
@@ -106,8 +116,9 @@ def run(repeats: int) -> int:
     data = {k: rng.standard_normal(N, dtype=np.float32) for k in ("x", "w", "b", "a")}
     data["b2"] = rng.standard_normal(N, dtype=np.float32)
     data["m"] = rng.standard_normal((ROWS, COLS), dtype=np.float32)
-    chain, softmax, mse = (compile_kernel(k()) for k in
-                           (chain_kernel, softmax_kernel, mse_kernel))
+    chain, softmax, mse = (
+        compile_kernel(k()) for k in (chain_kernel, softmax_kernel, mse_kernel)
+    )
     y = np.empty(N, np.float32)
     s = np.empty((ROWS, COLS), np.float32)
     loss = np.empty((), np.float32)
@@ -127,27 +138,36 @@ def run(repeats: int) -> int:
         "mse": median_seconds(lambda: mse(a, b2, loss), repeats),
     }
     one_thread = {
-        "pointwise chain": median_seconds(lambda: chain(x, w, b, y, threads=1),
-                                          repeats),
+        "pointwise chain": median_seconds(
+            lambda: chain(x, w, b, y, threads=1), repeats
+        ),
         "row softmax": median_seconds(lambda: softmax(m, s, threads=1), repeats),
         "mse": median_seconds(lambda: mse(a, b2, loss, threads=1), repeats),
     }
     numpy_times = {
         "pointwise chain": median_seconds(
-            lambda: np.maximum(x * w + b, 0) * 0.5 + np.tanh(x) * 0.1, repeats),
+            lambda: np.maximum(x * w + b, 0) * 0.5 + np.tanh(x) * 0.1, repeats
+        ),
         "row softmax": median_seconds(lambda: numpy_softmax(m), repeats),
         "mse": median_seconds(lambda: np.mean((a - b2) ** 2), repeats),
     }
-    torch_times = torch_timings({"x": x, "w": w, "b": b, "a": a, "b2": b2, "m": m},
-                                repeats)
+    torch_times = torch_timings(
+        {"x": x, "w": w, "b": b, "a": a, "b2": b2, "m": m}, repeats
+    )
     return _report(ember_times, one_thread, numpy_times, torch_times)
 
 
-def _report(ember_times: dict[str, float], one_thread: dict[str, float],
-            numpy_times: dict[str, float], torch_times: dict[str, float]) -> int:
+def _report(
+    ember_times: dict[str, float],
+    one_thread: dict[str, float],
+    numpy_times: dict[str, float],
+    torch_times: dict[str, float],
+) -> int:
     """Print one line per workload; ``ember 1t`` is the same kernel on one thread."""
-    header = (f"{'workload':<18}{'ember ms':>10}{'ember 1t':>10}{'numpy ms':>10}"
-              f"{'ratio':>8}{'target':>8}")
+    header = (
+        f"{'workload':<18}{'ember ms':>10}{'ember 1t':>10}{'numpy ms':>10}"
+        f"{'ratio':>8}{'target':>8}"
+    )
     if torch_times:
         header += f"{'torch ms':>10}"
     print(header)
@@ -156,9 +176,11 @@ def _report(ember_times: dict[str, float], one_thread: dict[str, float],
         ratio = seconds / numpy_times[name]
         ok = ratio <= TARGETS[name]
         missed += not ok
-        line = (f"{name:<18}{seconds * 1e3:>10.3f}{one_thread[name] * 1e3:>10.3f}"
-                f"{numpy_times[name] * 1e3:>10.3f}{ratio:>8.3f}"
-                f"{'<=' + str(TARGETS[name]):>8}")
+        line = (
+            f"{name:<18}{seconds * 1e3:>10.3f}{one_thread[name] * 1e3:>10.3f}"
+            f"{numpy_times[name] * 1e3:>10.3f}{ratio:>8.3f}"
+            f"{'<=' + str(TARGETS[name]):>8}"
+        )
         if torch_times:
             line += f"{torch_times[name] * 1e3:>10.3f}"
         print(line + ("" if ok else "  (target missed)"))
@@ -181,15 +203,18 @@ def threshold_table(repeats: int) -> None:
             n = 1 << exponent
             for label, build in (("chain", chain_kernel), ("mse", mse_kernel)):
                 one, many = _thread_timings(build(n), n, repeats)
-                print(f"{n:>10}{label:>8}{min(one) * 1e6:>11.1f}"
-                      f"{statistics.median(one) * 1e6:>11.1f}{min(many) * 1e6:>11.1f}"
-                      f"{statistics.median(many) * 1e6:>11.1f}")
+                print(
+                    f"{n:>10}{label:>8}{min(one) * 1e6:>11.1f}"
+                    f"{statistics.median(one) * 1e6:>11.1f}{min(many) * 1e6:>11.1f}"
+                    f"{statistics.median(many) * 1e6:>11.1f}"
+                )
     finally:
         launch.PARALLEL_THRESHOLD = saved
 
 
-def _thread_timings(kernel: LoopKernel, n: int,
-                    repeats: int) -> tuple[list[float], list[float]]:
+def _thread_timings(
+    kernel: LoopKernel, n: int, repeats: int
+) -> tuple[list[float], list[float]]:
     """Alternating one-thread and all-thread runs of ``kernel`` (seconds each)."""
     compiled = compile_kernel(kernel)
     rng = np.random.default_rng(1)
@@ -211,8 +236,11 @@ def _thread_timings(kernel: LoopKernel, n: int,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
-    parser.add_argument("--threshold", action="store_true",
-                        help="measure the size where threads start to pay")
+    parser.add_argument(
+        "--threshold",
+        action="store_true",
+        help="measure the size where threads start to pay",
+    )
     args = parser.parse_args(argv)
     repeats = 15 if args.quick else 60
     if args.threshold:

@@ -1,9 +1,9 @@
 """ember: a small deep-learning graph compiler with a PyTorch-like API.
 
-    >>> import ember
-    >>> x = ember.tensor([[1.0, -2.0], [3.0, 4.0]])
-    >>> (x.relu() * 2).sum().item()
-    16.0
+>>> import ember
+>>> x = ember.tensor([[1.0, -2.0], [3.0, 4.0]])
+>>> (x.relu() * 2).sum().item()
+16.0
 """
 
 from __future__ import annotations

@@ -58,7 +58,9 @@ def _default_cache_dir() -> str:
 SETTINGS: dict[str, Setting] = {
     s.name: s
     for s in [
-        Setting("log", "EMBER_LOG", _parse_topics, (), "logging topics, comma separated"),
+        Setting(
+            "log", "EMBER_LOG", _parse_topics, (), "logging topics, comma separated"
+        ),
         Setting(
             "dump_dir", "EMBER_DUMP_DIR", str, None, "write IR after every stage here"
         ),

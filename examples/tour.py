@@ -13,8 +13,13 @@ def main() -> None:
     x = ember.arange(12.0).view(3, 4)
     print("x =", x.tolist())
     print("x.T strides:", x.T.strides, "contiguous:", x.T.is_contiguous())
-    print("x[:, ::2] =", x[:, ::2].tolist(), "(a view: shares storage",
-          x[:, ::2].untyped_storage_id() == x.untyped_storage_id(), ")")
+    print(
+        "x[:, ::2] =",
+        x[:, ::2].tolist(),
+        "(a view: shares storage",
+        x[:, ::2].untyped_storage_id() == x.untyped_storage_id(),
+        ")",
+    )
     print("softmax rows:", [round(v, 4) for v in x.softmax(-1)[0].tolist()])
 
     w = ember.randn(4, 1, requires_grad=True)
@@ -30,8 +35,12 @@ def main() -> None:
             b.sub_(b.grad * 0.1)
         if step % 50 == 0:
             print(f"step {step:3d} loss {loss.item():.6f}")
-    print("learned w:", [round(v, 3) for v in w.view(-1).tolist()], "b:",
-          round(b.item(), 3))
+    print(
+        "learned w:",
+        [round(v, 3) for v in w.view(-1).tolist()],
+        "b:",
+        round(b.item(), 3),
+    )
     print("autograd:", ember.autograd.last_stats().summary())
 
 

@@ -329,12 +329,28 @@ def test_softmax_shift_takes_the_exp_without_overflow_clamp_same_bits() -> None:
     peak = Buffer("peak", float32, (rows,), (1,))
     y = Buffer.dense("y", float32, (rows, cols))
     m = Reduce("m", "max", load(x))
-    shifted = compile_kernel(LoopKernel(
-        "shifted", (x, y), (rows,), (cols,),
-        (m, Store("y", op("exp", op("sub", load(x), m.ref())), inner=True))))
-    general = compile_kernel(LoopKernel(
-        "general", (x, peak, y), (rows,), (cols,),
-        (Store("y", op("exp", op("sub", load(x), load(peak, (1, 0)))), inner=True),)))
+    shifted = compile_kernel(
+        LoopKernel(
+            "shifted",
+            (x, y),
+            (rows,),
+            (cols,),
+            (m, Store("y", op("exp", op("sub", load(x), m.ref())), inner=True)),
+        )
+    )
+    general = compile_kernel(
+        LoopKernel(
+            "general",
+            (x, peak, y),
+            (rows,),
+            (cols,),
+            (
+                Store(
+                    "y", op("exp", op("sub", load(x), load(peak, (1, 0)))), inner=True
+                ),
+            ),
+        )
+    )
     assert "ember.exp_nonpositive" in shifted.emitted.llvm_ir
     assert "ember.exp_nonpositive" not in general.emitted.llvm_ir
     data = np.random.default_rng(13).standard_normal((rows, cols)).astype(np.float32)
@@ -383,10 +399,16 @@ def test_a_value_read_after_its_last_store_stays_on_the_stack() -> None:
     e = op("exp", op("sub", load(x), m.ref()))
     s = Reduce("s", "sum", e)
     t = Reduce("t", "sum", op("mul", e, e))
-    stages = (m, s, Store("y", op("mul", e, s.ref()), inner=True), t,
-              Store("z", t.ref()))
-    kernel = compile_kernel(LoopKernel("late_reader", (x, y, z), (rows,), (cols,),
-                                       stages))
+    stages = (
+        m,
+        s,
+        Store("y", op("mul", e, s.ref()), inner=True),
+        t,
+        Store("z", t.ref()),
+    )
+    kernel = compile_kernel(
+        LoopKernel("late_reader", (x, y, z), (rows,), (cols,), stages)
+    )
     assert (exp_calls(kernel), stack_rows(kernel)) == (1, 1)
     data = np.random.default_rng(10).standard_normal((rows, cols)).astype(np.float32)
     got_y, got_z = np.empty_like(data), np.empty(rows, np.float32)
@@ -401,22 +423,33 @@ def test_a_row_value_waits_in_the_last_output_that_stores_it() -> None:
     # store, which the first store reads before the second overwrites it.
     rows, cols = 23, 259
     x = Buffer("x", float32, (rows, cols), (cols, 1))
-    y1, y2 = Buffer.dense("y1", float32, (rows, cols)), Buffer.dense(
-        "y2", float32, (rows, cols))
+    y1, y2 = (
+        Buffer.dense("y1", float32, (rows, cols)),
+        Buffer.dense("y2", float32, (rows, cols)),
+    )
     wide = Buffer.dense("wide", float64, (rows, cols))
     m = Reduce("m", "max", load(x))
     e = op("exp", op("sub", load(x), m.ref()))
     s = Reduce("s", "sum", e)
-    stages = (m, s, Store("y1", op("div", e, s.ref()), inner=True),
-              Store("y2", op("mul", e, 2.0), inner=True))
-    kernel = compile_kernel(LoopKernel("two_outputs", (x, y1, y2), (rows,), (cols,),
-                                       stages))
+    stages = (
+        m,
+        s,
+        Store("y1", op("div", e, s.ref()), inner=True),
+        Store("y2", op("mul", e, 2.0), inner=True),
+    )
+    kernel = compile_kernel(
+        LoopKernel("two_outputs", (x, y1, y2), (rows,), (cols,), stages)
+    )
     assert (exp_calls(kernel), stack_rows(kernel)) == (1, 0)
     # An output of another dtype cannot hold the float32 value.
-    cast_stages = (m, s, Store("wide", cast(op("mul", e, s.ref()), float64),
-                                inner=True))
-    widened = compile_kernel(LoopKernel("widened", (x, wide), (rows,), (cols,),
-                                        cast_stages))
+    cast_stages = (
+        m,
+        s,
+        Store("wide", cast(op("mul", e, s.ref()), float64), inner=True),
+    )
+    widened = compile_kernel(
+        LoopKernel("widened", (x, wide), (rows,), (cols,), cast_stages)
+    )
     assert (exp_calls(widened), stack_rows(widened)) == (1, 1)
     data = np.random.default_rng(11).standard_normal((rows, cols)).astype(np.float32)
     e_ref = np.exp(data - data.max(1, keepdims=True))
@@ -426,8 +459,7 @@ def test_a_row_value_waits_in_the_last_output_that_stores_it() -> None:
     np.testing.assert_allclose(got2, e_ref * 2, rtol=3e-6)
     got_wide = np.empty(data.shape, np.float64)
     widened(data, got_wide)
-    np.testing.assert_allclose(got_wide, e_ref * e_ref.sum(1, keepdims=True),
-                               rtol=3e-6)
+    np.testing.assert_allclose(got_wide, e_ref * e_ref.sum(1, keepdims=True), rtol=3e-6)
 
 
 def test_rows_too_long_for_the_row_cache_recompute(

@@ -248,7 +248,8 @@ def test_both_ways_of_scaling_exp_give_the_same_bits(
     for name in ("exp", "sigmoid", "pow"):
         scaled, built = results[0][name], results[1][name]
         np.testing.assert_array_equal(
-            scaled.view(f"i{scaled.itemsize}"), built.view(f"i{built.itemsize}"),
+            scaled.view(f"i{scaled.itemsize}"),
+            built.view(f"i{built.itemsize}"),
             err_msg=name,
         )
 

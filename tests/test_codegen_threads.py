@@ -162,7 +162,7 @@ def test_thread_chooser_probes_both_then_keeps_the_faster_and_rechecks() -> None
     settled = calls(2 * chooser.PROBE_EVERY, one=1.0, many=3.0)
     assert settled.count(True) == 2  # one recheck of all threads per PROBE_EVERY calls
     quiet = calls(4 * chooser.PROBE_EVERY, one=1.0, many=0.5)  # other sessions stopped
-    assert quiet[-chooser.PROBE_EVERY:].count(True) == chooser.PROBE_EVERY - 1
+    assert quiet[-chooser.PROBE_EVERY :].count(True) == chooser.PROBE_EVERY - 1
 
 
 @pytest.mark.usefixtures("always_parallel")

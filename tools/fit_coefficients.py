@@ -55,8 +55,12 @@ def _fits() -> dict[str, tuple[float, float, list[object], object]]:
         for dtype, terms in (("f32", n32), ("f64", n64)):
             if not terms:
                 continue
-            coeffs, err = mp.chebyfit(lambda z, fn=fn, m=mid, h=half: fn(m + h * z), [-1, 1],
-                                      terms, error=True)
+            coeffs, err = mp.chebyfit(
+                lambda z, fn=fn, m=mid, h=half: fn(m + h * z),
+                [-1, 1],
+                terms,
+                error=True,
+            )
             out[f"{name}/{dtype}"] = (float(mid), float(half), coeffs, err)
     return out
 
@@ -95,7 +99,9 @@ def main() -> None:
         lines.append("    )),")
     lines.append("}")
     lines.append("")
-    lines.append("#: ln(2) as hi + lo, hi rounded to the float type, for Cody-Waite reduction.")
+    lines.append(
+        "#: ln(2) as hi + lo, hi rounded to the float type, for Cody-Waite reduction."
+    )
     lines.append("LN2_PARTS: dict[str, tuple[float, float]] = {")
     for key, (hi, lo) in _ln2_parts().items():
         lines.append(f'    "{key}": ({hi!r}, {lo!r}),')

@@ -12,4 +12,13 @@ from ember.ir.graph import Graph, Node
 from ember.ir.meta import TensorMeta
 from ember.ir.registry import OpDef, OpKind, all_ops, get_op
 
-__all__ = ["DType", "Graph", "Node", "OpDef", "OpKind", "TensorMeta", "all_ops", "get_op"]
+__all__ = [
+    "DType",
+    "Graph",
+    "Node",
+    "OpDef",
+    "OpKind",
+    "TensorMeta",
+    "all_ops",
+    "get_op",
+]

@@ -76,7 +76,8 @@ def intercepted_write(target: Any, value: Any, op: str) -> bool:
 def is_scalar(value: Any) -> bool:
     """True for Python (and numpy) numbers, which ops may take in place of tensors."""
     return isinstance(value, (int, float, bool)) or (
-        hasattr(value, "dtype") and not hasattr(value, "__ember_priority__")
+        hasattr(value, "dtype")
+        and not hasattr(value, "__ember_priority__")
         and getattr(value, "ndim", 1) == 0
     )
 
@@ -142,6 +143,8 @@ def _materialize_scalars(op: OpDef, handler: Any, inputs: Sequence[Any]) -> list
         )
     dtype = scalar_dtype(op, inputs)
     return [
-        v if hasattr(type(v), "__ember_priority__") else handler.__ember_constant__(v, dtype)
+        v
+        if hasattr(type(v), "__ember_priority__")
+        else handler.__ember_constant__(v, dtype)
         for v in inputs
     ]

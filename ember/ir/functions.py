@@ -143,22 +143,30 @@ def _dims_attr(x: Value, dim: Dims, op: str) -> tuple[int, ...]:
 
 def sum(x: Value, dim: Dims = None, keepdim: bool = False) -> Value:  # noqa: A001
     """Sum over ``dim`` (an int, a tuple, or None for every dim)."""
-    return call("sum", (x,), {"dims": _dims_attr(x, dim, "sum"), "keepdim": bool(keepdim)})
+    return call(
+        "sum", (x,), {"dims": _dims_attr(x, dim, "sum"), "keepdim": bool(keepdim)}
+    )
 
 
 def mean(x: Value, dim: Dims = None, keepdim: bool = False) -> Value:
     """Arithmetic mean over ``dim`` (floating point only)."""
-    return call("mean", (x,), {"dims": _dims_attr(x, dim, "mean"), "keepdim": bool(keepdim)})
+    return call(
+        "mean", (x,), {"dims": _dims_attr(x, dim, "mean"), "keepdim": bool(keepdim)}
+    )
 
 
 def amax(x: Value, dim: Dims = None, keepdim: bool = False) -> Value:
     """Maximum over ``dim``."""
-    return call("amax", (x,), {"dims": _dims_attr(x, dim, "amax"), "keepdim": bool(keepdim)})
+    return call(
+        "amax", (x,), {"dims": _dims_attr(x, dim, "amax"), "keepdim": bool(keepdim)}
+    )
 
 
 def amin(x: Value, dim: Dims = None, keepdim: bool = False) -> Value:
     """Minimum over ``dim``."""
-    return call("amin", (x,), {"dims": _dims_attr(x, dim, "amin"), "keepdim": bool(keepdim)})
+    return call(
+        "amin", (x,), {"dims": _dims_attr(x, dim, "amin"), "keepdim": bool(keepdim)}
+    )
 
 
 def argmax(x: Value, dim: int | None = None, keepdim: bool = False) -> Value:
@@ -175,10 +183,15 @@ def argmin(x: Value, dim: int | None = None, keepdim: bool = False) -> Value:
     return call("argmin", (x,), {"dim": dim, "keepdim": bool(keepdim)})
 
 
-def var(x: Value, dim: Dims = None, *, correction: int = 1, keepdim: bool = False) -> Value:
+def var(
+    x: Value, dim: Dims = None, *, correction: int = 1, keepdim: bool = False
+) -> Value:
     """Variance over ``dim``, divided by ``N - correction``."""
-    attrs = {"dims": _dims_attr(x, dim, "var"), "correction": correction,
-             "keepdim": bool(keepdim)}
+    attrs = {
+        "dims": _dims_attr(x, dim, "var"),
+        "correction": correction,
+        "keepdim": bool(keepdim),
+    }
     return call("var", (x,), attrs)
 
 
@@ -328,15 +341,20 @@ def flatten(x: Value, start_dim: int = 0, end_dim: int = -1) -> Value:
     return reshape(x, shape[:start] + (merged,) + shape[end + 1 :])
 
 
-def slice(x: Value, dim: int, start: int | None, stop: int | None, step: int = 1) -> Value:  # noqa: A001
+def slice(
+    x: Value, dim: int, start: int | None, stop: int | None, step: int = 1
+) -> Value:  # noqa: A001
     """``x[..., start:stop:step, ...]`` along ``dim``; bounds clamp like Python's.
 
     The step must be positive: ember has no negative strides (docs/layout.md, L1).
     """
     meta = _meta(x, "slice")
     if meta.ndim == 0:
-        raise IndexingError("slice: cannot slice a 0-d tensor", op="slice",
-                            hint="use .item() to read its value")
+        raise IndexingError(
+            "slice: cannot slice a 0-d tensor",
+            op="slice",
+            hint="use .item() to read its value",
+        )
     dim = _dim_attr(x, dim, "slice")
     start = None if start is None else _index_arg(start, "slice start", "slice")
     stop = None if stop is None else _index_arg(stop, "slice stop", "slice")
@@ -350,8 +368,11 @@ def slice(x: Value, dim: int, start: int | None, stop: int | None, step: int = 1
 def narrow(x: Value, dim: int, start: int, length: int) -> Value:
     """``length`` elements of ``dim`` from ``start`` (a view)."""
     if _meta(x, "narrow").ndim == 0:
-        raise IndexingError("narrow: cannot narrow a 0-d tensor", op="narrow",
-                            hint="use .item() to read its value")
+        raise IndexingError(
+            "narrow: cannot narrow a 0-d tensor",
+            op="narrow",
+            hint="use .item() to read its value",
+        )
     dim = _dim_attr(x, dim, "narrow")
     start = _index_arg(start, "start", "narrow")
     length = _index_arg(length, "length", "narrow")
@@ -366,8 +387,9 @@ def narrow(x: Value, dim: int, start: int, length: int) -> Value:
             expected=f"0 <= start and start + length <= {size}",
             actual=(start, length),
         )
-    return call("slice", (x,), {"dim": dim, "start": start, "stop": start + length,
-                                "step": 1})
+    return call(
+        "slice", (x,), {"dim": dim, "start": start, "stop": start + length, "step": 1}
+    )
 
 
 def select(x: Value, dim: int, index: int) -> Value:

@@ -117,7 +117,10 @@ def view_strides(
         # Take a maximal run of mutually contiguous old dims, from the inside out.
         chunk_size, chunk_stride = old[old_i]
         run_start = old_i
-        while run_start > 0 and old[run_start - 1][1] == old[run_start][1] * old[run_start][0]:
+        while (
+            run_start > 0
+            and old[run_start - 1][1] == old[run_start][1] * old[run_start][0]
+        ):
             run_start -= 1
             chunk_size *= old[run_start][0]
         old_i = run_start - 1

@@ -47,7 +47,11 @@ def _shape(args: tuple[Any, ...]) -> tuple[int, ...]:
     if len(args) == 1 and isinstance(args[0], (tuple, list)):
         args = tuple(args[0])
     for size in args:
-        if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 0:
+        if (
+            not isinstance(size, (int, np.integer))
+            or isinstance(size, bool)
+            or size < 0
+        ):
             raise ShapeError(
                 f"invalid shape {args}: sizes must be non-negative ints",
                 expected="non-negative ints",
@@ -78,8 +82,10 @@ def tensor(data: Any, dtype: Any = None, requires_grad: bool = False) -> Tensor:
         try:
             array = np.array(data)
         except ValueError as exc:
-            raise ShapeError(f"tensor(): data is not rectangular: {exc}",
-                             hint="every row must have the same length") from None
+            raise ShapeError(
+                f"tensor(): data is not rectangular: {exc}",
+                hint="every row must have the same length",
+            ) from None
         if array.dtype.kind == "f" and not isinstance(data, np.ndarray):
             array = array.astype(dtypes.default_float.np_dtype)
         elif array.dtype.kind in "iu" and not isinstance(data, np.ndarray):
@@ -104,10 +110,14 @@ def from_numpy(array: np.ndarray) -> Tensor:
     L1) and raise LayoutError.
     """
     if not isinstance(array, np.ndarray):
-        raise DTypeError(f"from_numpy expects a numpy array, got {type(array).__name__}")
+        raise DTypeError(
+            f"from_numpy expects a numpy array, got {type(array).__name__}"
+        )
     if not array.dtype.isnative:
-        raise DTypeError("from_numpy: byte-swapped arrays are not supported",
-                         hint="call arr.astype(arr.dtype.newbyteorder('='))")
+        raise DTypeError(
+            "from_numpy: byte-swapped arrays are not supported",
+            hint="call arr.astype(arr.dtype.newbyteorder('='))",
+        )
     dtype = dtypes.from_numpy_dtype(array.dtype)
     item = array.itemsize
     if any(s < 0 or s % item for s in array.strides):
@@ -148,7 +158,10 @@ def ones(*shape: Any, dtype: Any = None, requires_grad: bool = False) -> Tensor:
 
 
 def full(
-    shape: Sequence[int], fill_value: Any, dtype: Any = None, requires_grad: bool = False
+    shape: Sequence[int],
+    fill_value: Any,
+    dtype: Any = None,
+    requires_grad: bool = False,
 ) -> Tensor:
     """A tensor filled with ``fill_value`` (dtype inferred from it when not given)."""
     d = _dtype_or(dtype, dtypes.default_dtype_for_scalar(fill_value))
@@ -156,7 +169,10 @@ def full(
 
 
 def arange(
-    start: Any, end: Any = None, step: Any = 1, dtype: Any = None,
+    start: Any,
+    end: Any = None,
+    step: Any = 1,
+    dtype: Any = None,
     requires_grad: bool = False,
 ) -> Tensor:
     """Values from ``start`` up to (not including) ``end`` by ``step``."""
@@ -180,14 +196,19 @@ def randn(*shape: Any, dtype: Any = None, requires_grad: bool = False) -> Tensor
     """Standard normal samples from the global generator."""
     d = _dtype_or(dtype, dtypes.default_float)
     _require_float(d, "randn")
-    return _finish(_generator.standard_normal(_shape(shape)).astype(d.np_dtype),
-                   requires_grad)
+    return _finish(
+        _generator.standard_normal(_shape(shape)).astype(d.np_dtype), requires_grad
+    )
 
 
 def _require_float(d: DType, op: str) -> None:
     if not d.is_floating_point:
-        raise DTypeError(f"{op}: needs a floating dtype, got {d.name}", op=op,
-                         expected="float32 or float64", actual=d.name)
+        raise DTypeError(
+            f"{op}: needs a floating dtype, got {d.name}",
+            op=op,
+            expected="float32 or float64",
+            actual=d.name,
+        )
 
 
 def _like(fn: Any, x: Tensor, dtype: Any, requires_grad: bool, *args: Any) -> Tensor:
@@ -217,4 +238,6 @@ def randn_like(x: Tensor, dtype: Any = None, requires_grad: bool = False) -> Ten
 def full_like(
     x: Tensor, fill_value: Any, dtype: Any = None, requires_grad: bool = False
 ) -> Tensor:
-    return full(x.shape, fill_value, dtype=dtype or x.dtype, requires_grad=requires_grad)
+    return full(
+        x.shape, fill_value, dtype=dtype or x.dtype, requires_grad=requires_grad
+    )

@@ -52,7 +52,9 @@ def apply_index(x: Any, index: Any) -> Any:
             dim += 1
         elif isinstance(item, slice):
             if item != slice(None):
-                x = F.slice(x, dim, item.start, item.stop, 1 if item.step is None else item.step)
+                x = F.slice(
+                    x, dim, item.start, item.stop, 1 if item.step is None else item.step
+                )
             dim += 1
         elif isinstance(item, bool):
             raise UnsupportedError("indexing with a bool is not supported", op="index")

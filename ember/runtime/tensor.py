@@ -68,8 +68,16 @@ class Tensor(TensorMethods):
     """An n-dimensional array with PyTorch-like semantics on numpy storage."""
 
     __ember_priority__ = 10
-    __slots__ = ("_storage", "_meta", "_array", "requires_grad", "grad", "grad_fn",
-                 "_retains_grad", "__weakref__")
+    __slots__ = (
+        "_storage",
+        "_meta",
+        "_array",
+        "requires_grad",
+        "grad",
+        "grad_fn",
+        "_retains_grad",
+        "__weakref__",
+    )
 
     _storage: Storage
     _meta: TensorMeta
@@ -91,12 +99,16 @@ class Tensor(TensorMethods):
     def _from_array(cls, array: np.ndarray, meta: TensorMeta | None = None) -> Tensor:
         """Wrap a dense array this tensor will own (no copy)."""
         if meta is None:
-            meta = TensorMeta.contiguous(array.shape, dtypes.from_numpy_dtype(array.dtype))
+            meta = TensorMeta.contiguous(
+                array.shape, dtypes.from_numpy_dtype(array.dtype)
+            )
         assert array.shape == meta.shape and array.flags.c_contiguous
         return cls._new(Storage(array.reshape(-1)), meta, array)
 
     @classmethod
-    def _new(cls, storage: Storage, meta: TensorMeta, array: np.ndarray | None) -> Tensor:
+    def _new(
+        cls, storage: Storage, meta: TensorMeta, array: np.ndarray | None
+    ) -> Tensor:
         t = object.__new__(cls)
         t._storage = storage
         t._meta = meta
@@ -108,12 +120,16 @@ class Tensor(TensorMethods):
         return t
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        raise TypeError("create tensors with ember.tensor(...), ember.zeros(...) and friends")
+        raise TypeError(
+            "create tensors with ember.tensor(...), ember.zeros(...) and friends"
+        )
 
     # Dispatch protocol (see ember.ir.dispatch) --------------------------------------
 
     @classmethod
-    def __ember_call__(cls, op: OpDef, inputs: Sequence[Tensor], attrs: Attrs) -> Tensor:
+    def __ember_call__(
+        cls, op: OpDef, inputs: Sequence[Tensor], attrs: Attrs
+    ) -> Tensor:
         return eager.execute(op, inputs, attrs)
 
     @classmethod
@@ -127,8 +143,10 @@ class Tensor(TensorMethods):
                 actual=value,
                 hint="convert the tensor first, e.g. .long() or .double()",
             )
-        if dtype is dtypes.float32 and isinstance(value, float) and (
-            abs(value) > _FLOAT32_MAX
+        if (
+            dtype is dtypes.float32
+            and isinstance(value, float)
+            and (abs(value) > _FLOAT32_MAX)
         ):
             # Rounds to infinity, as in PyTorch; numpy would warn about it.
             value = np.inf if value > 0 else -np.inf
@@ -212,8 +230,9 @@ class Tensor(TensorMethods):
         return (self[i] for i in range(self.shape[0]))
 
     def __repr__(self) -> str:
-        body = np.array2string(self.numpy(), separator=", ", precision=4,
-                               prefix="tensor(")
+        body = np.array2string(
+            self.numpy(), separator=", ", precision=4, prefix="tensor("
+        )
         extra = []
         if self.dtype not in (dtypes.float32, dtypes.int64, dtypes.bool_):
             extra.append(f"dtype={self.dtype!r}")
@@ -362,4 +381,3 @@ class Tensor(TensorMethods):
         from ember.runtime import autograd
 
         autograd.backward(self, gradient, retain_graph=retain_graph)
-

@@ -60,9 +60,13 @@ def _split_sizes(
             )
         return sizes
     if not _positive_int(split_size):
-        raise ShapeError(f"split: split_size must be a positive int or a list of ints, "
-                         f"got {split_size!r}", op="split", expected="an int >= 1",
-                         actual=split_size)
+        raise ShapeError(
+            f"split: split_size must be a positive int or a list of ints, "
+            f"got {split_size!r}",
+            op="split",
+            expected="an int >= 1",
+            actual=split_size,
+        )
     full, rest = divmod(size, split_size)
     return [split_size] * full + ([rest] if rest else []) or [0]
 
@@ -308,8 +312,12 @@ class TensorMethods:
         """At most ``chunks`` views of equal size along ``dim`` (the last may be
         shorter, and fewer come back when the size does not allow more)."""
         if not _positive_int(chunks):
-            raise ShapeError(f"chunk: chunks must be a positive int, got {chunks!r}",
-                             op="chunk", expected="an int >= 1", actual=chunks)
+            raise ShapeError(
+                f"chunk: chunks must be a positive int, got {chunks!r}",
+                op="chunk",
+                expected="an int >= 1",
+                actual=chunks,
+            )
         dim = layout.normalize_dim(dim, self.ndim, "chunk", shape=self.shape)
         size = self.shape[dim] if self.ndim else 0
         return self.split(builtins.max(-(-size // chunks), 1), dim)

@@ -11,5 +11,10 @@ from __future__ import annotations
 from ember.compiler.codegen.emit import CODEGEN_VERSION, EmittedKernel, emit_kernel
 from ember.compiler.codegen.launch import CompiledKernel, compile_kernel
 
-__all__ = ["CODEGEN_VERSION", "CompiledKernel", "EmittedKernel", "compile_kernel",
-           "emit_kernel"]
+__all__ = [
+    "CODEGEN_VERSION",
+    "CompiledKernel",
+    "EmittedKernel",
+    "compile_kernel",
+    "emit_kernel",
+]

@@ -83,8 +83,9 @@ SUM_F32_LANES = 16
 #: 0.69-0.77 recomputing exp, for rows of 4 KiB to 4 MiB.
 ROW_CACHE_IN_OUTPUTS = True
 #: Ops whose value is worth keeping rather than computing twice.
-_COSTLY_OPS = frozenset(["exp", "log", "tanh", "sigmoid", "erf", "pow", "div", "sqrt",
-                         "rsqrt"])
+_COSTLY_OPS = frozenset(
+    ["exp", "log", "tanh", "sigmoid", "erf", "pow", "div", "sqrt", "rsqrt"]
+)
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,9 @@ class _RowSlot:
 
 def kernel_symbol(kernel: LoopKernel) -> str:
     """A symbol name that depends only on the kernel's text (stable across runs)."""
-    digest = hashlib.sha256(f"{CODEGEN_VERSION}\n{kernel.format()}".encode()).hexdigest()
+    digest = hashlib.sha256(
+        f"{CODEGEN_VERSION}\n{kernel.format()}".encode()
+    ).hexdigest()
     return f"ember_{digest[:20]}"
 
 
@@ -193,7 +196,9 @@ class _FunctionEmitter:
         """The exported wrapper: unpack the pointer array and call the body."""
         body = self.fn
         self.b.ret_void()
-        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR, *extra]), name)
+        fn = ir.Function(
+            self.module, ir.FunctionType(ir.VoidType(), [PTR, *extra]), name
+        )
         fn.attributes.add("nounwind")
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         b.call(body, self._unpack(b, fn.args[0]) + list(fn.args[1:]))
@@ -210,8 +215,9 @@ class _FunctionEmitter:
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         pointers = self._unpack(b, fn.args[0])
         counter, chunks, extent = fn.args[1:4]
-        claim, work, done = (fn.append_basic_block(n)
-                             for n in ("claim", "work", "done"))
+        claim, work, done = (
+            fn.append_basic_block(n) for n in ("claim", "work", "done")
+        )
         b.branch(claim)
         b.position_at_end(claim)
         chunk = b.atomic_rmw("add", counter, _i64(1), "monotonic")
@@ -231,8 +237,11 @@ class _FunctionEmitter:
     def _unpack(self, b: ir.IRBuilder, array: ir.Value) -> list[ir.Value]:
         """Load each buffer's pointer from the argument array."""
         return [
-            b.load(b.gep(array, [ir.Constant(I64, k)], inbounds=True, source_etype=PTR),
-                   typ=PTR, name=buf.name)
+            b.load(
+                b.gep(array, [ir.Constant(I64, k)], inbounds=True, source_etype=PTR),
+                typ=PTR,
+                name=buf.name,
+            )
             for k, buf in enumerate(self.kernel.buffers)
         ]
 
@@ -240,8 +249,13 @@ class _FunctionEmitter:
         with self.b.goto_entry_block():
             return self.b.alloca(ty)
 
-    def loop(self, lo: ir.Value, hi: ir.Value, body: Callable[[ir.Value], None],
-             lanes: int = 0) -> None:
+    def loop(
+        self,
+        lo: ir.Value,
+        hi: ir.Value,
+        body: Callable[[ir.Value], None],
+        lanes: int = 0,
+    ) -> None:
         """``for i in range(lo, hi): body(i)`` as a counted loop; ``lanes`` > 0 asks
         the loop vectorizer for that many lanes."""
         counter = self.alloca(I64)
@@ -266,24 +280,35 @@ class _FunctionEmitter:
         must list itself first, which llvmlite cannot build, so the node is created
         with a placeholder and then pointed at itself (each loop gets its own)."""
         module = self.module
-        width = module.add_metadata([
-            ir.MetaDataString(module, "llvm.loop.vectorize.width"),
-            ir.Constant(I32, lanes)])
+        width = module.add_metadata(
+            [
+                ir.MetaDataString(module, "llvm.loop.vectorize.width"),
+                ir.Constant(I32, lanes),
+            ]
+        )
         placeholder = ir.MetaDataString(module, f"ember.loop.{len(module.metadata)}")
         loop_id = module.add_metadata([placeholder, width])
         loop_id.operands = (loop_id, width)
         return loop_id
 
-    def nest(self, ranges: Sequence[tuple[ir.Value, ir.Value]],
-             body: Callable[[list[ir.Value]], None], lanes: int = 0) -> None:
+    def nest(
+        self,
+        ranges: Sequence[tuple[ir.Value, ir.Value]],
+        body: Callable[[list[ir.Value]], None],
+        lanes: int = 0,
+    ) -> None:
         """Nested loops over ``ranges``, outermost first; ``body`` gets the indices;
         ``lanes`` is passed to the innermost loop (see :meth:`loop`)."""
+
         def level(k: int, indices: list[ir.Value]) -> None:
             if k == len(ranges):
                 body(indices)
                 return
-            self.loop(*ranges[k], lambda i: level(k + 1, [*indices, i]),
-                      lanes if k == len(ranges) - 1 else 0)
+            self.loop(
+                *ranges[k],
+                lambda i: level(k + 1, [*indices, i]),
+                lanes if k == len(ranges) - 1 else 0,
+            )
 
         level(0, [])
 
@@ -316,17 +341,20 @@ class _FunctionEmitter:
             acc = self.alloca(self._acc_type(stage))
             self.b.store(self._acc_init(stage), acc)
 
-            def combine(part: ir.Value, k: int = k, stage: Reduce = stage,
-                        acc: ir.Value = acc) -> None:
+            def combine(
+                part: ir.Value, k: int = k, stage: Reduce = stage, acc: ir.Value = acc
+            ) -> None:
                 index = self.b.add(self.b.mul(part, _i64(len(reduces))), _i64(k))
                 value = self._load_slot(slots, index, self._acc_type(stage))
                 self.b.store(self._combine(stage, self.b.load(acc), value), acc)
 
             self.loop(_i64(0), nparts, combine)
-            env[AccRef(stage.name, stage.dtype)] = self._finalize(stage, self.b.load(acc))
-        for stage in self.kernel.stages:
-            if isinstance(stage, Store):
-                self._store(stage.buffer, _i64(0), self.value(stage.value, [], env))
+            env[AccRef(stage.name, stage.dtype)] = self._finalize(
+                stage, self.b.load(acc)
+            )
+        for item in self.kernel.stages:
+            if isinstance(item, Store):
+                self._store(item.buffer, _i64(0), self.value(item.value, [], env))
         self._export(f"{symbol}.finish", [PTR, I64])
 
     # Stages --------------------------------------------------------------------------
@@ -344,20 +372,30 @@ class _FunctionEmitter:
             self.stage_index = index
             if isinstance(stage, Reduce):
                 env[AccRef(stage.name, stage.dtype)] = self._reduce(
-                    stage, idx, env, None, finish=True)
+                    stage, idx, env, None, finish=True
+                )
             elif not stage.inner:
                 self._store(stage.buffer, linear, self.value(stage.value, idx, env))
             else:
-                self.nest(inner_ranges,
-                          lambda inner, st=stage: self._inner_store(
-                              st, base, idx, inner, env))
 
-    def _inner_store(self, stage: Store, base: ir.Value, outer: list[ir.Value],
-                     inner: list[ir.Value], env: ChainMap) -> None:
+                def store_row(inner: list[ir.Value], st: Store = stage) -> None:
+                    self._inner_store(st, base, idx, inner, env)
+
+                self.nest(inner_ranges, store_row)
+
+    def _inner_store(
+        self,
+        stage: Store,
+        base: ir.Value,
+        outer: list[ir.Value],
+        inner: list[ir.Value],
+        env: ChainMap,
+    ) -> None:
         self.inner_index = self._inner_linear(inner)
         index = self.b.add(base, self.inner_index)
-        self._store(stage.buffer, index, self.value(stage.value, outer + inner,
-                                                    env.new_child()))
+        self._store(
+            stage.buffer, index, self.value(stage.value, outer + inner, env.new_child())
+        )
         self.inner_index = None
 
     def _inner_linear(self, inner: list[ir.Value]) -> ir.Value:
@@ -398,8 +436,9 @@ class _FunctionEmitter:
                 budget -= slot.stack_bytes
                 self.row_cache[node] = slot
 
-    def _row_slot(self, node: Expr, writer: int, claimed: set[str],
-                  budget: int) -> _RowSlot | None:
+    def _row_slot(
+        self, node: Expr, writer: int, claimed: set[str], budget: int
+    ) -> _RowSlot | None:
         """Where to keep ``node`` for one row: the output row of the last stage that
         reads it, when that stage stores to an output of ``node``'s dtype, or else a
         stack buffer if the budget allows; None if neither."""
@@ -408,9 +447,13 @@ class _FunctionEmitter:
         store = stages[last]
         points = layout.numel(self.kernel.inner)
         size = points * node.dtype.itemsize
-        if (ROW_CACHE_IN_OUTPUTS and isinstance(store, Store) and store.inner
-                and store.buffer not in claimed
-                and self.kernel.buffer(store.buffer).dtype is node.dtype):
+        if (
+            ROW_CACHE_IN_OUTPUTS
+            and isinstance(store, Store)
+            and store.inner
+            and store.buffer not in claimed
+            and self.kernel.buffer(store.buffer).dtype is node.dtype
+        ):
             # The store overwrites each point after reading it; nothing reads the
             # value later, so the output row can hold it in the meantime.
             claimed.add(store.buffer)
@@ -433,8 +476,14 @@ class _FunctionEmitter:
             varies |= isinstance(part, Load) and any(part.strides[n_outer:])
         return costly and varies
 
-    def _reduce(self, stage: Reduce, outer: list[ir.Value], env: ChainMap,
-                first: tuple[ir.Value, ir.Value] | None, finish: bool) -> ir.Value:
+    def _reduce(
+        self,
+        stage: Reduce,
+        outer: list[ir.Value],
+        env: ChainMap,
+        first: tuple[ir.Value, ir.Value] | None,
+        finish: bool,
+    ) -> ir.Value:
         """Accumulate ``stage`` over the inner axes (the first one over ``first``)."""
         acc = self.alloca(self._acc_type(stage))
         self.b.store(self._acc_init(stage), acc)
@@ -447,8 +496,9 @@ class _FunctionEmitter:
                 self.inner_index = self._inner_linear(inner)
             value = self.value(stage.value, outer + inner, env.new_child())
             self.inner_index = None
-            self.b.store(self._combine(stage, self.b.load(acc), self._widen(stage, value)),
-                         acc)
+            self.b.store(
+                self._combine(stage, self.b.load(acc), self._widen(stage, value)), acc
+            )
 
         self.nest(ranges, step, self._sum_lanes(stage))
         result = self.b.load(acc)
@@ -520,13 +570,16 @@ class _FunctionEmitter:
     def _load_slot(self, slots: ir.Value, index: ir.Value, ty: ir.Type) -> ir.Value:
         ptr = self.b.gep(slots, [index], inbounds=True, source_etype=I64)
         if ty == I1:
-            return self.b.icmp_unsigned("!=", self.b.load(ptr, typ=I8), ir.Constant(I8, 0))
+            return self.b.icmp_unsigned(
+                "!=", self.b.load(ptr, typ=I8), ir.Constant(I8, 0)
+            )
         return self.b.load(ptr, typ=ty)
 
     def _store(self, buffer: str, index: ir.Value, value: ir.Value) -> None:
         dtype = self.kernel.buffer(buffer).dtype
-        ptr = self.b.gep(self.pointers[buffer], [index], inbounds=True,
-                         source_etype=_MEMORY[dtype])
+        ptr = self.b.gep(
+            self.pointers[buffer], [index], inbounds=True, source_etype=_MEMORY[dtype]
+        )
         if dtype is bool_:
             value = self.b.zext(value, I8)
         self.b.store(value, ptr, align=dtype.itemsize)
@@ -564,19 +617,29 @@ class _FunctionEmitter:
         assert self.inner_index is not None and self.row_base is not None
         if row.output is not None:
             index = self.b.add(self.row_base, self.inner_index, flags=["nsw"])
-            return self.b.gep(self.pointers[row.output], [index], inbounds=True,
-                              source_etype=_MEMORY[dtype])
-        return self.b.gep(row.stack, [self.inner_index], inbounds=True,
-                          source_etype=_REGISTER[dtype])
+            return self.b.gep(
+                self.pointers[row.output],
+                [index],
+                inbounds=True,
+                source_etype=_MEMORY[dtype],
+            )
+        return self.b.gep(
+            row.stack, [self.inner_index], inbounds=True, source_etype=_REGISTER[dtype]
+        )
 
     def _load(self, expr: Load, idx: list[ir.Value]) -> ir.Value:
         index = _i64(0)
         for i, stride in zip(idx, expr.strides):
             if stride:
-                index = self.b.add(index, self.b.mul(i, _i64(stride), flags=["nsw"]),
-                                   flags=["nsw"])
-        ptr = self.b.gep(self.pointers[expr.buffer], [index], inbounds=True,
-                         source_etype=_MEMORY[expr.dtype])
+                index = self.b.add(
+                    index, self.b.mul(i, _i64(stride), flags=["nsw"]), flags=["nsw"]
+                )
+        ptr = self.b.gep(
+            self.pointers[expr.buffer],
+            [index],
+            inbounds=True,
+            source_etype=_MEMORY[expr.dtype],
+        )
         loaded = self.b.load(ptr, typ=_MEMORY[expr.dtype], align=expr.dtype.itemsize)
         if expr.dtype is bool_:
             return self.b.icmp_unsigned("!=", loaded, ir.Constant(I8, 0))
@@ -605,8 +668,12 @@ class _FunctionEmitter:
             return False
         value, shift = expr.args
         return isinstance(shift, AccRef) and any(
-            isinstance(s, Reduce) and s.name == shift.name and s.kind == "max"
-            and s.value == value for s in self.kernel.stages)
+            isinstance(s, Reduce)
+            and s.name == shift.name
+            and s.kind == "max"
+            and s.value == value
+            for s in self.kernel.stages
+        )
 
     def _unary(self, name: str, dtype: DType, x: ir.Value) -> ir.Value:
         b = self.b
@@ -632,8 +699,10 @@ class _FunctionEmitter:
         elif name == "neg":
             return b.neg(x)
         elif name == "abs":
-            return b.call(_int_intrinsic(self.module, "llvm.abs", x.type, extra=I1),
-                          [x, ir.Constant(I1, 0)])
+            return b.call(
+                _int_intrinsic(self.module, "llvm.abs", x.type, extra=I1),
+                [x, ir.Constant(I1, 0)],
+            )
         elif name == "relu":
             return self._binary("maximum", dtype, x, ir.Constant(x.type, 0))
         raise LoweringError(f"{name} has no native lowering for {dtype.name}", op=name)
@@ -647,8 +716,14 @@ class _FunctionEmitter:
             signed = b.icmp_unsigned if dtype is bool_ else b.icmp_signed
             return signed(_FCMP[name], x, y)
         if dtype is bool_:
-            table = {"add": b.or_, "maximum": b.or_, "logical_or": b.or_,
-                     "mul": b.and_, "minimum": b.and_, "logical_and": b.and_}
+            table = {
+                "add": b.or_,
+                "maximum": b.or_,
+                "logical_or": b.or_,
+                "mul": b.and_,
+                "minimum": b.and_,
+                "logical_and": b.and_,
+            }
             if name in table:
                 return table[name](x, y)
         elif dtype.is_floating_point:
@@ -688,9 +763,11 @@ class _FunctionEmitter:
         negative = b.icmp_signed("<", exponent, ir.Constant(ty, 0))
         minus_one = ir.Constant(ty, -1)
         odd = b.trunc(exponent, I1)
-        unit = b.select(b.icmp_signed("==", base, minus_one),
-                        b.select(odd, minus_one, one),
-                        b.select(b.icmp_signed("==", base, one), one, ir.Constant(ty, 0)))
+        unit = b.select(
+            b.icmp_signed("==", base, minus_one),
+            b.select(odd, minus_one, one),
+            b.select(b.icmp_signed("==", base, one), one, ir.Constant(ty, 0)),
+        )
         return b.select(negative, unit, result)
 
     def _cast(self, x: ir.Value, src: DType, dst: DType) -> ir.Value:
@@ -720,12 +797,15 @@ def _i64(value: int) -> ir.Constant:
 
 
 def _constant(expr: Const) -> ir.Constant:
-    return ir.Constant(_REGISTER[expr.dtype], expr.value if expr.dtype is not bool_
-                       else int(expr.value))
+    return ir.Constant(
+        _REGISTER[expr.dtype],
+        expr.value if expr.dtype is not bool_ else int(expr.value),
+    )
 
 
-def _int_intrinsic(module: ir.Module, name: str, ty: ir.IntType,
-                   extra: ir.Type | None = None) -> ir.Function:
+def _int_intrinsic(
+    module: ir.Module, name: str, ty: ir.IntType, extra: ir.Type | None = None
+) -> ir.Function:
     full = f"{name}.i{ty.width}"
     found = module.globals.get(full)
     if found is not None:

@@ -76,13 +76,21 @@ PARTIAL_CHUNK_POINTS = 1 << 16
 PARTIAL_CHUNKS_MAX = 32
 
 _MAIN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
-_PARTIAL = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
-                            ctypes.c_void_p)
+_PARTIAL = ctypes.CFUNCTYPE(
+    None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p
+)
 _FINISH = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
-_CHUNKS = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                           ctypes.c_int64)
-_PARTIAL_CHUNKS = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p,
-                                   ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p)
+_CHUNKS = ctypes.CFUNCTYPE(
+    None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64
+)
+_PARTIAL_CHUNKS = ctypes.CFUNCTYPE(
+    None,
+    ctypes.c_void_p,
+    ctypes.c_void_p,
+    ctypes.c_int64,
+    ctypes.c_int64,
+    ctypes.c_void_p,
+)
 
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
@@ -103,7 +111,8 @@ def _worker_pool() -> concurrent.futures.ThreadPoolExecutor:
     with _pool_lock:
         if _pool is None:
             _pool = concurrent.futures.ThreadPoolExecutor(
-                max_workers=max(1, default_threads() - 1), thread_name_prefix="ember-kernel"
+                max_workers=max(1, default_threads() - 1),
+                thread_name_prefix="ember-kernel",
             )
         return _pool
 
@@ -111,19 +120,20 @@ def _worker_pool() -> concurrent.futures.ThreadPoolExecutor:
 def compile_kernel(kernel: LoopKernel) -> CompiledKernel:
     """Compile ``kernel`` for the host CPU, reusing the memory and disk caches.
 
-        >>> from ember.compiler.kernel import Buffer, Store, load, op, float32
-        >>> x = Buffer("x", float32, (4,), (1,))
-        >>> y = Buffer.dense("y", float32, (4,))
-        >>> k = compile_kernel(LoopKernel("double", (x, y), (4,), (),
-        ...                               (Store("y", op("add", load(x), load(x))),)))
-        >>> out = np.empty(4, np.float32)
-        >>> k(np.arange(4, dtype=np.float32), out)
-        >>> out.tolist()
-        [0.0, 2.0, 4.0, 6.0]
+    >>> from ember.compiler.kernel import Buffer, Store, load, op, float32
+    >>> x = Buffer("x", float32, (4,), (1,))
+    >>> y = Buffer.dense("y", float32, (4,))
+    >>> k = compile_kernel(LoopKernel("double", (x, y), (4,), (),
+    ...                               (Store("y", op("add", load(x), load(x))),)))
+    >>> out = np.empty(4, np.float32)
+    >>> k(np.arange(4, dtype=np.float32), out)
+    >>> out.tolist()
+    [0.0, 2.0, 4.0, 6.0]
     """
     emitted = emit.emit_kernel(kernel)
-    key = cache.cache_key(emitted.llvm_ir, target.toolchain_description(),
-                          emit.CODEGEN_VERSION)
+    key = cache.cache_key(
+        emitted.llvm_ir, target.toolchain_description(), emit.CODEGEN_VERSION
+    )
     found = cache.memory_get(key)
     if found is not None:
         return found if found.kernel == kernel else found.rebind(kernel)
@@ -143,8 +153,14 @@ def compile_kernel(kernel: LoopKernel) -> CompiledKernel:
 class CompiledKernel:
     """A kernel in native code, callable on numpy arrays; see the module docstring."""
 
-    def __init__(self, emitted: emit.EmittedKernel, key: str, code: bytes, origin: str,
-                 module: Any = None) -> None:
+    def __init__(
+        self,
+        emitted: emit.EmittedKernel,
+        key: str,
+        code: bytes,
+        origin: str,
+        module: Any = None,
+    ) -> None:
         self.emitted = emitted
         self.kernel = emitted.kernel
         self.key = key
@@ -185,7 +201,9 @@ class CompiledKernel:
 
     def call_storage(self, *storages: np.ndarray, threads: int | None = None) -> None:
         """Run on flat storages; each buffer's offset and strides address into its own."""
-        pointers = [c.check_storage(s) for c, s in zip(self._checks, self._arity(storages))]
+        pointers = [
+            c.check_storage(s) for c, s in zip(self._checks, self._arity(storages))
+        ]
         self._check_overlap(storages, storage=True)
         self._launch(pointers, threads)
 
@@ -200,7 +218,9 @@ class CompiledKernel:
             )
         return arrays
 
-    def _check_overlap(self, arrays: Sequence[np.ndarray], storage: bool = False) -> None:
+    def _check_overlap(
+        self, arrays: Sequence[np.ndarray], storage: bool = False
+    ) -> None:
         spans = [c.byte_span(a, storage) for c, a in zip(self._checks, arrays)]
         for k, check in enumerate(self._checks):
             if check.buffer.role != "out":
@@ -275,15 +295,20 @@ class CompiledKernel:
             if threads == 1:
                 self._main(args, 0, extent)
                 return
-            chunks = min(extent, threads * CHUNKS_PER_THREAD,
-                         max(threads, self._points // CHUNK_POINTS_MIN))
+            chunks = min(
+                extent,
+                threads * CHUNKS_PER_THREAD,
+                max(threads, self._points // CHUNK_POINTS_MIN),
+            )
             _run_shared(self._chunks, threads, args, chunks, extent)
             return
         extent = self.emitted.partial_extent
         chunks = partial_chunks(extent, self._points)
         slots = (ctypes.c_int64 * (chunks * self.emitted.accumulators))()
-        _run_shared(self._partial_chunks, min(threads, chunks), args, chunks, extent,
-                    slots)
+        _run_shared(
+            self._partial_chunks, min(threads, chunks), args, chunks, extent, slots
+        )
+        assert self._finish is not None, "a partial reduction has a finish step"
         self._finish(args, slots, chunks)
 
     # Inspection ---------------------------------------------------------------------
@@ -303,7 +328,9 @@ class CompiledKernel:
         return self._module
 
     def __repr__(self) -> str:
-        return f"<CompiledKernel {self.kernel.name} ({self.origin}) key={self.key[:12]}>"
+        return (
+            f"<CompiledKernel {self.kernel.name} ({self.origin}) key={self.key[:12]}>"
+        )
 
 
 @dataclass(frozen=True)
@@ -331,8 +358,9 @@ class PreparedLaunch:
     threads at once (a :class:`~ember.compiler.program.Program` holds its lock).
     """
 
-    def __init__(self, compiled: CompiledKernel, args: Any,
-                 variable: list[tuple[int, int]]) -> None:
+    def __init__(
+        self, compiled: CompiledKernel, args: Any, variable: list[tuple[int, int]]
+    ) -> None:
         self.compiled = compiled
         self._args = args
         self._variable = variable
@@ -460,7 +488,8 @@ class ThreadChooser:
 
     def __init__(self) -> None:
         self._times: dict[bool, collections.deque[float]] = {
-            kind: collections.deque(maxlen=self.SAMPLES) for kind in (False, True)}
+            kind: collections.deque(maxlen=self.SAMPLES) for kind in (False, True)
+        }
         self._calls = 0
 
     def choose(self) -> bool:
@@ -486,8 +515,9 @@ def partial_chunks(extent: int, points: int) -> int:
     return max(1, min(PARTIAL_CHUNKS_MAX, extent, points // PARTIAL_CHUNK_POINTS))
 
 
-def _run_shared(fn: Any, threads: int, args: Any, chunks: int, extent: int,
-                *extra: Any) -> None:
+def _run_shared(
+    fn: Any, threads: int, args: Any, chunks: int, extent: int, *extra: Any
+) -> None:
     """Run the claiming function ``fn`` on this thread and ``threads - 1`` workers.
 
     Workers still queued when this thread runs out of chunks are cancelled; ones
@@ -520,7 +550,9 @@ class _BufferCheck:
         self.extent = buffer.extent()
         self.is_output = buffer.role == "out"
 
-    def _fail(self, what: str, expected: Any, actual: Any, hint: str | None = None) -> None:
+    def _fail(
+        self, what: str, expected: Any, actual: Any, hint: str | None = None
+    ) -> None:
         raise SignatureError(
             f"buffer {self.buffer.name} ({self.buffer.describe()}): {what}",
             expected=expected,
@@ -532,8 +564,12 @@ class _BufferCheck:
         if not isinstance(array, np.ndarray):
             self._fail("not a numpy array", "numpy.ndarray", type(array).__name__)
         if array.dtype != self.np_dtype:
-            self._fail("wrong dtype", self.np_dtype.name, array.dtype.name,
-                       "convert with .astype() first")
+            self._fail(
+                "wrong dtype",
+                self.np_dtype.name,
+                array.dtype.name,
+                "convert with .astype() first",
+            )
         if self.is_output and not array.flags.writeable:
             self._fail("output is read-only", "a writeable array", "read-only")
         _check_inside_owner(array, self)
@@ -558,8 +594,11 @@ class _BufferCheck:
         to the buffer's first element."""
         self._common(storage)
         if storage.ndim != 1 or not storage.flags.c_contiguous:
-            self._fail("a storage must be a flat contiguous array", "1-D contiguous",
-                       f"{storage.ndim}-D, strides {storage.strides}")
+            self._fail(
+                "a storage must be a flat contiguous array",
+                "1-D contiguous",
+                f"{storage.ndim}-D, strides {storage.strides}",
+            )
         needed = self.buffer.offset + self.extent
         if storage.shape[0] < needed:
             self._fail(
@@ -575,8 +614,11 @@ class _BufferCheck:
         if region.dtype != self.buffer.dtype:
             self._fail("wrong dtype", self.buffer.dtype.name, region.dtype.name)
         if self.is_output and not region.private:
-            self._fail("an output needs memory of its own", "a private region",
-                       "memory that may be shared")
+            self._fail(
+                "an output needs memory of its own",
+                "a private region",
+                "memory that may be shared",
+            )
         needed = self.buffer.offset + self.extent
         if region.elements < needed:
             self._fail(

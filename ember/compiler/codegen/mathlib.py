@@ -37,7 +37,10 @@ _EXP_RANGE = {"float": (-104.0, 89.0), "double": (-746.0, 710.0)}
 _TANH_SATURATE = {"float": 10.0, "double": 20.0}
 #: erf(x) rounds to +-1 beyond these magnitudes, and the erfc intervals below them.
 _ERF_ONE = {"float": 4.0, "double": 6.0}
-_ERFC_PIECES = {"float": ["erfcx_1_4"], "double": ["erfcx_1_2.5", "erfcx_2.5_4", "erfcx_4_6"]}
+_ERFC_PIECES = {
+    "float": ["erfcx_1_4"],
+    "double": ["erfcx_1_2.5", "erfcx_2.5_4", "erfcx_4_6"],
+}
 
 
 @functools.cache
@@ -182,7 +185,9 @@ class MathBuilder:
         anchor = self.ci(float_bits(math.sqrt(0.5), self.ty))
         ix = self.b.sub(self.b.bitcast(xs, self.ity), anchor)
         exponent = self.b.ashr(ix, self.ci(self.mant))
-        exponent = self.b.sub(exponent, self.b.select(tiny, self.ci(self.mant), self.ci(0)))
+        exponent = self.b.sub(
+            exponent, self.b.select(tiny, self.ci(self.mant), self.ci(0))
+        )
         m_bits = self.b.add(self.b.and_(ix, self.ci((1 << self.mant) - 1)), anchor)
         f = self.b.fsub(self.b.bitcast(m_bits, self.ty), self.c(1.0))
         # log(m) = 2*atanh(s) = 2s + s*w*R(w) with s = f / (2 + f), w = s*s.
@@ -214,8 +219,10 @@ class MathBuilder:
     def erf(self, x: ir.Value) -> ir.Value:
         a = self.intrinsic("llvm.fabs", x)
         small = self.b.fmul(a, self.poly(self.b.fmul(a, a), "erf_small"))
-        large = self.b.fsub(self.c(1.0), self.b.fmul(self.exp(self.b.fneg(
-            self.b.fmul(a, a))), self._erfcx(a)))
+        large = self.b.fsub(
+            self.c(1.0),
+            self.b.fmul(self.exp(self.b.fneg(self.b.fmul(a, a))), self._erfcx(a)),
+        )
         y = self.select(self.cmp("<", a, self.c(1.0)), small, large)
         one = self.cmp(">=", a, self.c(_ERF_ONE[str(self.ty)]))
         y = self.select(one, self.c(1.0), y)
@@ -223,7 +230,9 @@ class MathBuilder:
 
     def _erfcx(self, a: ir.Value) -> ir.Value:
         """exp(a*a) * erfc(a) for 1 <= a, by piecewise polynomials chosen per lane."""
-        pieces = [COEFFICIENTS[f"{p}/{self.suffix}"] for p in _ERFC_PIECES[str(self.ty)]]
+        pieces = [
+            COEFFICIENTS[f"{p}/{self.suffix}"] for p in _ERFC_PIECES[str(self.ty)]
+        ]
         bounds = [mid - half for mid, half, _ in pieces[1:]]
         width = max(len(c) for _, _, c in pieces)
         padded = [(0.0,) * (width - len(c)) + tuple(c) for _, _, c in pieces]
@@ -250,10 +259,13 @@ class MathBuilder:
         magnitude = self.exp(self.b.fmul(y, self.log(ax)))
         is_int = self.cmp("==", self.intrinsic("llvm.rint", y), y)
         half_y = self.b.fmul(y, self.c(0.5))
-        odd = self.b.and_(is_int, self.cmp("!=", self.intrinsic("llvm.rint", half_y), half_y))
+        odd = self.b.and_(
+            is_int, self.cmp("!=", self.intrinsic("llvm.rint", half_y), half_y)
+        )
         negative_base = self.b.icmp_signed("<", self.b.bitcast(x, self.ity), self.ci(0))
-        signed = self.select(self.b.and_(negative_base, odd), self.b.fneg(magnitude),
-                             magnitude)
+        signed = self.select(
+            self.b.and_(negative_base, odd), self.b.fneg(magnitude), magnitude
+        )
         below_zero = self.cmp("<", x, self.c(0.0))
         bad = self.b.and_(below_zero, self.b.not_(is_int))
         result = self.select(bad, self.c(math.nan), signed)

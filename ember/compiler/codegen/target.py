@@ -37,7 +37,10 @@ def new_target_machine() -> llvm.TargetMachine:
     llvm.initialize_native_asmprinter()
     target = llvm.Target.from_triple(llvm.get_process_triple())
     return target.create_target_machine(
-        cpu=host_cpu(), features=host_features(), opt=3, reloc="default",
+        cpu=host_cpu(),
+        features=host_features(),
+        opt=3,
+        reloc="default",
         codemodel="jitdefault",
     )
 
@@ -62,9 +65,11 @@ def host_features() -> str:
 
 def toolchain_description() -> str:
     """Everything besides the IR that decides the machine code (for cache keys)."""
-    return (f"triple={llvm.get_process_triple()}\ncpu={host_cpu()}\n"
-            f"features={host_features()}\nllvmlite={llvmlite.__version__}\n"
-            f"llvm={'.'.join(map(str, llvm.llvm_version_info))}")
+    return (
+        f"triple={llvm.get_process_triple()}\ncpu={host_cpu()}\n"
+        f"features={host_features()}\nllvmlite={llvmlite.__version__}\n"
+        f"llvm={'.'.join(map(str, llvm.llvm_version_info))}"
+    )
 
 
 def optimize(llvm_ir: str, name: str) -> llvm.ModuleRef:
@@ -111,7 +116,9 @@ def load_object(code: bytes, symbols: list[str]) -> tuple[object, dict[str, int]
     machine code: keep it alive as long as the addresses are used.
     """
     with LLVM_LOCK:
-        engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), new_target_machine())
+        engine = llvm.create_mcjit_compiler(
+            llvm.parse_assembly(""), new_target_machine()
+        )
         engine.add_object_file(llvm.ObjectFileRef.from_data(code))
         engine.finalize_object()
         addresses = {s: engine.get_function_address(s) for s in symbols}

@@ -103,8 +103,10 @@ def _loss_meta(op: str):
             )
         reduction = attrs.get("reduction", "mean")
         if reduction not in _REDUCTIONS:
-            raise ShapeError(f"{op}: reduction must be one of {_REDUCTIONS}, got "
-                             f"{reduction!r}", op=op)
+            raise ShapeError(
+                f"{op}: reduction must be one of {_REDUCTIONS}, got {reduction!r}",
+                op=op,
+            )
         if attrs.get("delta", 1.0) <= 0:
             raise ShapeError(f"{op}: delta must be positive", op=op)
         dtype = promoted(metas)
@@ -142,19 +144,45 @@ def _huber(diff: np.ndarray, attrs: Attrs) -> np.ndarray:
 
 
 def _composite(name, meta, ref, doc, num_inputs=1, **kw: Any) -> None:
-    register(OpDef(name, OpKind.COMPOSITE, meta, ref, num_inputs=num_inputs, doc=doc, **kw))
+    register(
+        OpDef(name, OpKind.COMPOSITE, meta, ref, num_inputs=num_inputs, doc=doc, **kw)
+    )
 
 
-_composite("softmax", _softmax_meta("softmax"), _softmax_reference,
-           "exp(x - max) / sum(exp(x - max)) along dim")
-_composite("log_softmax", _softmax_meta("log_softmax"), _log_softmax_reference,
-           "x - max - log(sum(exp(x - max))) along dim")
+_composite(
+    "softmax",
+    _softmax_meta("softmax"),
+    _softmax_reference,
+    "exp(x - max) / sum(exp(x - max)) along dim",
+)
+_composite(
+    "log_softmax",
+    _softmax_meta("log_softmax"),
+    _log_softmax_reference,
+    "x - max - log(sum(exp(x - max))) along dim",
+)
 _composite("gelu", _gelu_meta, _gelu_reference, "x * Phi(x), the exact (erf) form")
-_composite("linear", _linear_meta, _linear_reference, "x @ weight.T + bias",
-           num_inputs=None)
-_composite("mse_loss", _loss_meta("mse_loss"), _loss_reference(lambda d, a: d * d),
-           "mean squared error", num_inputs=2)
-_composite("l1_loss", _loss_meta("l1_loss"), _loss_reference(lambda d, a: np.abs(d)),
-           "mean absolute error", num_inputs=2)
-_composite("huber_loss", _loss_meta("huber_loss"), _loss_reference(_huber),
-           "quadratic below delta, linear above", num_inputs=2)
+_composite(
+    "linear", _linear_meta, _linear_reference, "x @ weight.T + bias", num_inputs=None
+)
+_composite(
+    "mse_loss",
+    _loss_meta("mse_loss"),
+    _loss_reference(lambda d, a: d * d),
+    "mean squared error",
+    num_inputs=2,
+)
+_composite(
+    "l1_loss",
+    _loss_meta("l1_loss"),
+    _loss_reference(lambda d, a: np.abs(d)),
+    "mean absolute error",
+    num_inputs=2,
+)
+_composite(
+    "huber_loss",
+    _loss_meta("huber_loss"),
+    _loss_reference(_huber),
+    "quadratic below delta, linear above",
+    num_inputs=2,
+)

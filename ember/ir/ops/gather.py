@@ -23,13 +23,18 @@ def _check_same_shapes(metas: Sequence[TensorMeta], dim: int | None, op: str) ->
     for i, m in enumerate(metas[1:], start=1):
         same_rank = m.ndim == first.ndim
         mismatch = [
-            d for d in range(first.ndim) if same_rank and d != dim and m.shape[d] != first.shape[d]
+            d
+            for d in range(first.ndim)
+            if same_rank and d != dim and m.shape[d] != first.shape[d]
         ]
         if not same_rank or mismatch:
             raise ShapeError(
                 f"{op}: tensor {i} has shape {m.shape}, tensor 0 has {first.shape}; "
-                + ("all sizes but the concatenated dim must match"
-                   if dim is not None else "all shapes must be equal"),
+                + (
+                    "all sizes but the concatenated dim must match"
+                    if dim is not None
+                    else "all shapes must be equal"
+                ),
                 op=op,
                 expected=first.shape,
                 actual=m.shape,
@@ -40,8 +45,11 @@ def _cat_meta(metas: Sequence[TensorMeta], attrs: Attrs) -> TensorMeta:
     if not metas:
         raise ShapeError("cat: expected a non-empty list of tensors", op="cat")
     if metas[0].ndim == 0:
-        raise ShapeError("cat: zero-dimensional tensors cannot be concatenated",
-                         op="cat", hint="use ember.stack instead")
+        raise ShapeError(
+            "cat: zero-dimensional tensors cannot be concatenated",
+            op="cat",
+            hint="use ember.stack instead",
+        )
     dim = normalize_dim(attrs["dim"], metas[0].ndim, "cat")
     _check_same_shapes(metas, dim, "cat")
     size = sum(m.shape[dim] for m in metas)
@@ -53,7 +61,9 @@ def _cat_reference(arrays: Sequence[np.ndarray], attrs: Attrs) -> np.ndarray:
     out = _cat_meta(
         [TensorMeta.contiguous(a.shape, _dtype(a)) for a in arrays], attrs
     ).dtype.np_dtype
-    return np.concatenate([a.astype(out, copy=False) for a in arrays], axis=attrs["dim"])
+    return np.concatenate(
+        [a.astype(out, copy=False) for a in arrays], axis=attrs["dim"]
+    )
 
 
 def _dtype(a: np.ndarray):
@@ -81,7 +91,9 @@ def _scatter_slice_meta(metas: Sequence[TensorMeta], attrs: Attrs) -> TensorMeta
     shape = tuple(attrs["shape"])
     dim, start, step = attrs["dim"], attrs["start"], attrs["step"]
     if not 0 <= dim < len(shape) or step <= 0 or start < 0:
-        raise ShapeError(f"scatter_slice: bad slice attributes {attrs}", op="scatter_slice")
+        raise ShapeError(
+            f"scatter_slice: bad slice attributes {attrs}", op="scatter_slice"
+        )
     fits = src.ndim == len(shape) and all(
         src.shape[d] == shape[d] for d in range(len(shape)) if d != dim
     )
@@ -96,7 +108,9 @@ def _scatter_slice_meta(metas: Sequence[TensorMeta], attrs: Attrs) -> TensorMeta
             actual=src.shape,
         )
     if src.dtype.category == 0:
-        raise DTypeError("scatter_slice: bool sources are not supported", op="scatter_slice")
+        raise DTypeError(
+            "scatter_slice: bool sources are not supported", op="scatter_slice"
+        )
     return TensorMeta.contiguous(shape, src.dtype)
 
 
@@ -110,10 +124,31 @@ def _scatter_slice_reference(arrays: Sequence[np.ndarray], attrs: Attrs) -> np.n
     return out
 
 
-register(OpDef("cat", OpKind.GATHER, _cat_meta, _cat_reference,
-               doc="concatenate along an existing dim"))
-register(OpDef("stack", OpKind.COMPOSITE, _stack_meta, _stack_reference,
-               doc="join along a new dim (unsqueeze each, then cat)"))
-register(OpDef("scatter_slice", OpKind.GATHER, _scatter_slice_meta,
-               _scatter_slice_reference, num_inputs=1,
-               doc="zeros of attrs['shape'] with the source at start::step along dim"))
+register(
+    OpDef(
+        "cat",
+        OpKind.GATHER,
+        _cat_meta,
+        _cat_reference,
+        doc="concatenate along an existing dim",
+    )
+)
+register(
+    OpDef(
+        "stack",
+        OpKind.COMPOSITE,
+        _stack_meta,
+        _stack_reference,
+        doc="join along a new dim (unsqueeze each, then cat)",
+    )
+)
+register(
+    OpDef(
+        "scatter_slice",
+        OpKind.GATHER,
+        _scatter_slice_meta,
+        _scatter_slice_reference,
+        num_inputs=1,
+        doc="zeros of attrs['shape'] with the source at start::step along dim",
+    )
+)

@@ -64,9 +64,12 @@ def _matmul_meta(metas: Sequence[TensorMeta], attrs: Attrs) -> TensorMeta:
             hint=f"convert one operand, e.g. .to(ember.{a.dtype.name})",
         )
     if a.dtype is dtypes.bool_:
-        raise DTypeError(f"matmul: bool tensors are not supported, got {a.type_str()} "
-                         f"and {b.type_str()}", op="matmul",
-                         hint="convert with .float() first")
+        raise DTypeError(
+            f"matmul: bool tensors are not supported, got {a.type_str()} "
+            f"and {b.type_str()}",
+            op="matmul",
+            hint="convert with .float() first",
+        )
     return TensorMeta.contiguous(matmul_shape(a.shape, b.shape), a.dtype)
 
 
@@ -74,5 +77,13 @@ def _matmul_reference(arrays: Sequence[np.ndarray], attrs: Attrs) -> np.ndarray:
     return np.asarray(np.matmul(arrays[0], arrays[1]))
 
 
-register(OpDef("matmul", OpKind.MATMUL, _matmul_meta, _matmul_reference, num_inputs=2,
-               doc="matrix product with batch broadcasting"))
+register(
+    OpDef(
+        "matmul",
+        OpKind.MATMUL,
+        _matmul_meta,
+        _matmul_reference,
+        num_inputs=2,
+        doc="matrix product with batch broadcasting",
+    )
+)

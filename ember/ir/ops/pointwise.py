@@ -76,7 +76,8 @@ def pointwise_reference(rule: str, fn: Callable[..., np.ndarray]) -> Callable:
             with np.errstate(all="ignore"):
                 return np.asarray(fn(*arrays, **attrs))
         metas = [
-            TensorMeta((0,) * a.ndim, dtypes.from_numpy_dtype(a.dtype), ()) for a in arrays
+            TensorMeta((0,) * a.ndim, dtypes.from_numpy_dtype(a.dtype), ())
+            for a in arrays
         ]
         compute, out = dtype_plan(rule, metas, "reference")
         cast = [
@@ -202,7 +203,10 @@ def _where_meta(metas: Sequence[TensorMeta], attrs: Attrs) -> TensorMeta:
 def _where_reference(arrays: Sequence[np.ndarray], attrs: Attrs) -> np.ndarray:
     cond, x, y = arrays
     out = promoted(
-        [TensorMeta((0,) * a.ndim, dtypes.from_numpy_dtype(a.dtype), ()) for a in (x, y)]
+        [
+            TensorMeta((0,) * a.ndim, dtypes.from_numpy_dtype(a.dtype), ())
+            for a in (x, y)
+        ]
     )
     return np.where(cond, x, y).astype(out.np_dtype, copy=False)
 
@@ -249,21 +253,24 @@ def _clamp_meta(metas: Sequence[TensorMeta], attrs: Attrs) -> TensorMeta:
     (x,) = metas
     low, high = attrs.get("min"), attrs.get("max")
     if low is None and high is None:
-        raise DTypeError(
-            "clamp: at least one of min and max must be given", op="clamp"
-        )
+        raise DTypeError("clamp: at least one of min and max must be given", op="clamp")
     scalars = [v for v in (low, high) if v is not None]
     for value in scalars:
         dtypes.scalar_category(value)
-    dtype = dtypes.result_type([(x.dtype, x.ndim)] if x.shape else [],
-                               [] if x.shape else [(x.dtype, 0)], scalars)
+    dtype = dtypes.result_type(
+        [(x.dtype, x.ndim)] if x.shape else [],
+        [] if x.shape else [(x.dtype, 0)],
+        scalars,
+    )
     return TensorMeta.contiguous(x.shape, dtype)
 
 
 def _clamp_reference(arrays: Sequence[np.ndarray], attrs: Attrs) -> np.ndarray:
     (x,) = arrays
-    out = _clamp_meta([TensorMeta((1,) * x.ndim, dtypes.from_numpy_dtype(x.dtype),
-                                  (1,) * x.ndim)], attrs).dtype.np_dtype
+    out = _clamp_meta(
+        [TensorMeta((1,) * x.ndim, dtypes.from_numpy_dtype(x.dtype), (1,) * x.ndim)],
+        attrs,
+    ).dtype.np_dtype
     x = x.astype(out, copy=False)
     low, high = attrs.get("min"), attrs.get("max")
     if low is not None:

@@ -88,7 +88,9 @@ def _extreme_meta(op: str):
         (x,) = metas
         dims = _dims(x, attrs, op)
         _require_nonempty(x, dims, op)
-        return TensorMeta.contiguous(reduced_shape(x.shape, dims, attrs["keepdim"]), x.dtype)
+        return TensorMeta.contiguous(
+            reduced_shape(x.shape, dims, attrs["keepdim"]), x.dtype
+        )
 
     return meta
 
@@ -105,9 +107,11 @@ def _arg_meta(op: str):
     def meta(metas: Sequence[TensorMeta], attrs: Attrs) -> TensorMeta:
         (x,) = metas
         if x.dtype is dtypes.bool_:
-            raise DTypeError(f"{op}: bool tensors are not supported, got "
-                             f"{x.type_str()}", op=op,
-                             hint="convert with .int() first")
+            raise DTypeError(
+                f"{op}: bool tensors are not supported, got {x.type_str()}",
+                op=op,
+                hint="convert with .int() first",
+            )
         dim = attrs.get("dim")
         if dim is None:
             _require_nonempty(x, range(x.ndim), op)
@@ -138,7 +142,9 @@ def _mean_meta(metas: Sequence[TensorMeta], attrs: Attrs) -> TensorMeta:
     (x,) = metas
     require_float([x], "mean")
     dims = _dims(x, attrs, "mean")
-    return TensorMeta.contiguous(reduced_shape(x.shape, dims, attrs["keepdim"]), x.dtype)
+    return TensorMeta.contiguous(
+        reduced_shape(x.shape, dims, attrs["keepdim"]), x.dtype
+    )
 
 
 def _mean_reference(arrays: Sequence[np.ndarray], attrs: Attrs) -> np.ndarray:
@@ -156,9 +162,12 @@ def _var_meta(metas: Sequence[TensorMeta], attrs: Attrs) -> TensorMeta:
     dims = _dims(x, attrs, "var")
     correction = attrs.get("correction", 1)
     if not isinstance(correction, int) or correction < 0:
-        raise ShapeError(f"var: correction must be a non-negative int, got {correction!r}",
-                         op="var")
-    return TensorMeta.contiguous(reduced_shape(x.shape, dims, attrs["keepdim"]), x.dtype)
+        raise ShapeError(
+            f"var: correction must be a non-negative int, got {correction!r}", op="var"
+        )
+    return TensorMeta.contiguous(
+        reduced_shape(x.shape, dims, attrs["keepdim"]), x.dtype
+    )
 
 
 def _var_reference(arrays: Sequence[np.ndarray], attrs: Attrs) -> np.ndarray:
@@ -174,17 +183,75 @@ def _var_reference(arrays: Sequence[np.ndarray], attrs: Attrs) -> np.ndarray:
         return np.asarray(squares / divisor).astype(x.dtype, copy=False)
 
 
-register(OpDef("sum", OpKind.REDUCTION, _sum_meta, _sum_reference, num_inputs=1,
-               doc="sum over dims (ints and bools sum to int64)"))
-register(OpDef("amax", OpKind.REDUCTION, _extreme_meta("amax"), _extreme_reference(np.max),
-               num_inputs=1, doc="maximum over dims"))
-register(OpDef("amin", OpKind.REDUCTION, _extreme_meta("amin"), _extreme_reference(np.min),
-               num_inputs=1, doc="minimum over dims"))
-register(OpDef("argmax", OpKind.REDUCTION, _arg_meta("argmax"), _arg_reference(np.argmax),
-               num_inputs=1, differentiable=False, doc="index of the first maximum"))
-register(OpDef("argmin", OpKind.REDUCTION, _arg_meta("argmin"), _arg_reference(np.argmin),
-               num_inputs=1, differentiable=False, doc="index of the first minimum"))
-register(OpDef("mean", OpKind.COMPOSITE, _mean_meta, _mean_reference, num_inputs=1,
-               doc="arithmetic mean over dims (floating point only)"))
-register(OpDef("var", OpKind.COMPOSITE, _var_meta, _var_reference, num_inputs=1,
-               doc="variance over dims with Bessel's correction by default"))
+register(
+    OpDef(
+        "sum",
+        OpKind.REDUCTION,
+        _sum_meta,
+        _sum_reference,
+        num_inputs=1,
+        doc="sum over dims (ints and bools sum to int64)",
+    )
+)
+register(
+    OpDef(
+        "amax",
+        OpKind.REDUCTION,
+        _extreme_meta("amax"),
+        _extreme_reference(np.max),
+        num_inputs=1,
+        doc="maximum over dims",
+    )
+)
+register(
+    OpDef(
+        "amin",
+        OpKind.REDUCTION,
+        _extreme_meta("amin"),
+        _extreme_reference(np.min),
+        num_inputs=1,
+        doc="minimum over dims",
+    )
+)
+register(
+    OpDef(
+        "argmax",
+        OpKind.REDUCTION,
+        _arg_meta("argmax"),
+        _arg_reference(np.argmax),
+        num_inputs=1,
+        differentiable=False,
+        doc="index of the first maximum",
+    )
+)
+register(
+    OpDef(
+        "argmin",
+        OpKind.REDUCTION,
+        _arg_meta("argmin"),
+        _arg_reference(np.argmin),
+        num_inputs=1,
+        differentiable=False,
+        doc="index of the first minimum",
+    )
+)
+register(
+    OpDef(
+        "mean",
+        OpKind.COMPOSITE,
+        _mean_meta,
+        _mean_reference,
+        num_inputs=1,
+        doc="arithmetic mean over dims (floating point only)",
+    )
+)
+register(
+    OpDef(
+        "var",
+        OpKind.COMPOSITE,
+        _var_meta,
+        _var_reference,
+        num_inputs=1,
+        doc="variance over dims with Bessel's correction by default",
+    )
+)

@@ -140,8 +140,11 @@ def _slice_meta(metas: Sequence[TensorMeta], attrs: Attrs) -> TensorMeta:
 def _select_meta(metas: Sequence[TensorMeta], attrs: Attrs) -> TensorMeta:
     (x,) = metas
     if x.ndim == 0:
-        raise IndexingError("select: cannot index a 0-d tensor", op="select",
-                            hint="use .item() to read its value")
+        raise IndexingError(
+            "select: cannot index a 0-d tensor",
+            op="select",
+            hint="use .item() to read its value",
+        )
     dim = normalize_dim(attrs["dim"], x.ndim, "select")
     index, size = attrs["index"], x.shape[dim]
     if not -size <= index < size:
