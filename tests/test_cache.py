@@ -12,6 +12,7 @@ from ember import settings
 from ember.compiler import cache
 from ember.compiler.codegen import compile_kernel, emit, target
 from ember.compiler.kernel import Buffer, LoopKernel, Store, load, op
+from ember.fileio import write_durably
 from ember.ir.dtypes import float64
 
 
@@ -114,6 +115,6 @@ def test_unwritable_cache_folder_still_compiles(tmp_path) -> None:
 
 def test_atomic_write_leaves_no_temporary_files(tmp_path) -> None:
     path = tmp_path / "a" / "entry.o"
-    cache.write_atomic(str(path), b"abc")
+    write_durably(str(path), b"abc")
     assert path.read_bytes() == b"abc"
     assert os.listdir(tmp_path / "a") == ["entry.o"]

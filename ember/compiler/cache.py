@@ -24,11 +24,11 @@ import hashlib
 import logging
 import os
 import struct
-import tempfile
 import threading
 from typing import Any
 
 from ember import settings
+from ember.fileio import write_durably
 
 logger = logging.getLogger("ember.compiler.cache")
 
@@ -155,31 +155,10 @@ def disk_put(key: str, payload: bytes) -> None:
     """
     path = entry_path(key)
     try:
-        write_atomic(path, encode_entry(payload))
+        write_durably(path, encode_entry(payload))
         logger.debug("stored %s (%d bytes)", key[:16], len(payload))
     except OSError as exc:
         logger.warning("cannot write cache entry %s: %s", path, exc)
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    """temp file -> fsync -> rename -> fsync folder."""
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        _remove(temp)
-        raise
-    folder_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(folder_fd)
-    finally:
-        os.close(folder_fd)
 
 
 def _remove(path: str) -> None:

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 
 from ember import settings
 from ember.compiler.passes.base import GraphPass
 from ember.errors import EmberError, VerifyError
+from ember.fileio import write_text_durably
 from ember.ir.graph import Graph
 
 logger = logging.getLogger(__name__)
@@ -101,25 +101,3 @@ def _verify(graph: Graph, stage: str) -> None:
             "and after each pass",
             location=error.location,
         ) from error
-
-
-def write_text_durably(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file, fsync, rename, fsync folder."""
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=folder, prefix=".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
-    folder_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(folder_fd)
-    finally:
-        os.close(folder_fd)
