@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_dump(commands)
+    _add_cache(commands)
     return parser
 
 
@@ -77,6 +78,35 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # ember dump -------------------------------------------------------------------------
+
+
+def _add_cache(commands: Any) -> None:
+    cache = commands.add_parser(
+        "cache",
+        help="inspect or clear the compiled-kernel cache",
+        description="The compiled-kernel disk cache (EMBER_CACHE_DIR, default "
+        "~/.cache/ember).",
+    )
+    cache.add_argument("action", choices=["info", "clear"], help="what to do")
+    cache.set_defaults(run=run_cache)
+
+
+def run_cache(args: argparse.Namespace) -> int:
+    """``ember cache info|clear``."""
+    from ember.compiler import cache
+
+    if args.action == "clear":
+        removed = cache.disk_clear()
+        sys.stdout.write(f"removed {removed} entries from {cache.cache_folder()}\n")
+        return 0
+    info = cache.disk_info()
+    sys.stdout.write(
+        f"folder   {info['folder']}\n"
+        f"entries  {info['entries']} ({info['damaged']} damaged)\n"
+        f"bytes    {info['bytes']}\n"
+        f"format   version {info['format_version']}\n"
+    )
+    return 0
 
 
 def _add_dump(commands: Any) -> None:

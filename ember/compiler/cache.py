@@ -166,3 +166,45 @@ def _remove(path: str) -> None:
         os.unlink(path)
     except OSError:
         pass
+
+
+# Inspection (``ember cache info`` / ``ember cache clear``) ----------------------------
+
+
+def _entries() -> list[str]:
+    found: list[str] = []
+    for folder, _, files in os.walk(cache_folder()):
+        found.extend(os.path.join(folder, f) for f in files if f.endswith(".o"))
+    return sorted(found)
+
+
+def disk_info() -> dict[str, Any]:
+    """The cache folder, its entry count, total bytes and how many entries are damaged."""
+    entries = _entries()
+    damaged = 0
+    total = 0
+    for path in entries:
+        try:
+            with open(path, "rb") as handle:
+                blob = handle.read()
+        except OSError:
+            damaged += 1
+            continue
+        total += len(blob)
+        damaged += decode_entry(blob) is None
+    return {
+        "folder": cache_folder(),
+        "entries": len(entries),
+        "bytes": total,
+        "damaged": damaged,
+        "format_version": FORMAT_VERSION,
+    }
+
+
+def disk_clear() -> int:
+    """Delete every entry of the disk cache (and the memory cache); returns the count."""
+    entries = _entries()
+    for path in entries:
+        _remove(path)
+    clear_memory()
+    return len(entries)

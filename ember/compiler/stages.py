@@ -205,3 +205,21 @@ register_stage(
         render="ember.compiler.lower:format_lowered",
     )
 )
+register_stage(
+    Stage(
+        "llvm",
+        "every generated kernel's optimized LLVM IR for this CPU",
+        source="lowered",
+        entry="ember.compiler.machine_code:compile_lowered",
+        render="ember.compiler.machine_code:format_llvm",
+    )
+)
+register_stage(
+    Stage(
+        "asm",
+        "every generated kernel's assembly for this CPU",
+        source="llvm",
+        entry="ember.compiler.machine_code:same_groups",
+        render="ember.compiler.machine_code:format_asm",
+    )
+)
