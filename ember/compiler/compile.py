@@ -37,6 +37,7 @@ from __future__ import annotations
 import functools
 import logging
 import operator
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -134,6 +135,10 @@ class _Entry:
     key: tuple[Any, ...]
     traced: TraceResult
     program: Program
+
+
+class RecompileLimitWarning(UserWarning):
+    """ember.compile saw more input signatures than it keeps programs for."""
 
 
 class _Specializer:
@@ -239,6 +244,15 @@ class _Specializer:
         self.cache[key] = entry
         if len(self.cache) > CACHE_LIMIT:
             self.cache.popitem(last=False)
+            warnings.warn(
+                f"ember.compile({self.label}): more than {CACHE_LIMIT} input "
+                "signatures were compiled; the oldest program is dropped and will be "
+                "traced again if its signature comes back. Inputs whose shapes or "
+                "layouts change on every call defeat compilation: pad or bucket them "
+                "to a few fixed shapes.",
+                RecompileLimitWarning,
+                stacklevel=3,
+            )
             self._fast.clear()
             logger.info(
                 "%s: more than %d signatures; dropped the oldest program",
