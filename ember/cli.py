@@ -392,7 +392,7 @@ def _call_factory(factory: Any, target: str) -> Any:
 
 def _describe(error: BaseException) -> str:
     """An exception as its type and message, plus the innermost user line."""
-    from ember.errors import EmberError, _is_internal
+    from ember.errors import EmberError, is_ember_frame
 
     if isinstance(error, EmberError):
         return _relative_error(error)
@@ -400,7 +400,7 @@ def _describe(error: BaseException) -> str:
     frames = [
         f
         for f in traceback.extract_tb(error.__traceback__)
-        if not _is_internal(f.filename)
+        if not is_ember_frame(f.filename)
     ]
     if frames:
         last = frames[-1]

@@ -62,7 +62,9 @@ class SourceLocation:
         return f"{text}: {self.code}" if self.code else text
 
 
-def _is_internal(filename: str) -> bool:
+def is_ember_frame(filename: str) -> bool:
+    """True for code inside the ember package (or the import machinery), whose frames
+    error locations and warnings skip to reach the user's own line."""
     path = os.path.abspath(filename)
     return path.startswith(_PACKAGE_DIR + os.sep) or "/importlib/" in path
 
@@ -76,7 +78,7 @@ def user_location(skip_internal: bool = True) -> SourceLocation | None:
     frame = sys._getframe(1)
     while frame is not None:
         filename = frame.f_code.co_filename
-        if not (skip_internal and _is_internal(filename)):
+        if not (skip_internal and is_ember_frame(filename)):
             return SourceLocation(filename, frame.f_lineno, _line_text(filename, frame))
         frame = frame.f_back  # type: ignore[assignment]
     return None

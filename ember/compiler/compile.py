@@ -37,6 +37,7 @@ from __future__ import annotations
 import functools
 import logging
 import operator
+import sys
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -54,7 +55,7 @@ from ember.compiler.trace import (
     trace_call,
     unflatten,
 )
-from ember.errors import UnsupportedError
+from ember.errors import UnsupportedError, is_ember_frame
 from ember.ir.graph import Graph
 from ember.runtime.autograd import is_grad_enabled
 from ember.runtime.tensor import Tensor
@@ -135,6 +136,16 @@ class _Entry:
     key: tuple[Any, ...]
     traced: TraceResult
     program: Program
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning point at the user's line."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame.f_back is not None and is_ember_frame(frame.f_code.co_filename):
+        frame = frame.f_back
+        level += 1
+    return level
 
 
 class RecompileLimitWarning(UserWarning):
@@ -251,7 +262,7 @@ class _Specializer:
                 "layouts change on every call defeat compilation: pad or bucket them "
                 "to a few fixed shapes.",
                 RecompileLimitWarning,
-                stacklevel=3,
+                stacklevel=_user_stacklevel(),
             )
             self._fast.clear()
             logger.info(

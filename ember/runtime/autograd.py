@@ -55,7 +55,7 @@ from ember.errors import (
     NoGradError,
     NonScalarLossError,
     SourceLocation,
-    _is_internal,
+    is_ember_frame,
 )
 from ember.ir import functions as F
 from ember.ir.gradients import fit_gradient, save_plan
@@ -139,7 +139,7 @@ def _user_line() -> tuple[str, int] | None:
         filename = frame.f_code.co_filename
         internal = _internal_files.get(filename)
         if internal is None:
-            internal = _internal_files[filename] = _is_internal(filename)
+            internal = _internal_files[filename] = is_ember_frame(filename)
         if not internal:
             return filename, frame.f_lineno
         frame = frame.f_back  # type: ignore[assignment]
