@@ -84,7 +84,7 @@ SETTINGS: dict[str, Setting] = {
 #: Topic name -> logger names it switches on.
 LOG_TOPICS: dict[str, tuple[str, ...]] = {
     "autograd": ("ember.runtime.autograd",),
-    "dispatch": ("ember.runtime.dispatch",),
+    "dispatch": ("ember.runtime.eager", "ember.ir.dispatch"),
     "trace": ("ember.compiler.trace",),
     "passes": ("ember.compiler.passes",),
     "fusion": ("ember.compiler.fusion",),
