@@ -42,6 +42,8 @@ def _fits() -> dict[str, tuple[float, float, list[object], object]]:
     plan = {
         # name: (function, low, high, terms for float32, terms for float64)
         "expm1_tail": (expm1_tail, -half_ln2, half_ln2, 5, 11),
+        # e**r itself on the same interval, for exp(x - max(x)) (docs/codegen.md)
+        "exp_reduced": (mp.exp, -half_ln2, half_ln2, 7, 12),
         "log_tail": (log_tail, mp.mpf(0), s_max * s_max, 3, 7),
         "erf_small": (erf_small, mp.mpf(0), mp.mpf(1), 7, 12),
         "erfcx_1_4": (erfcx, mp.mpf(1), mp.mpf(4), 12, 0),

@@ -148,7 +148,8 @@ class MathBuilder:
         """e**x; NaN in gives NaN out (NaN times any scale factor is NaN).
 
         ``nonpositive`` promises that ``x`` is at most 0 or NaN (softmax's
-        ``x - max``): the clamp against overflow is left out, nothing else changes.
+        ``x - max``): the clamp against overflow is left out and e**r comes from the
+        direct fit (see :meth:`exp_reduced`); the accuracy bound is the same.
         """
         lo, hi = _EXP_RANGE[str(self.ty)]
         xc = x
@@ -157,17 +158,31 @@ class MathBuilder:
         xc = self.select(self.cmp("<", xc, self.c(lo)), self.c(lo), xc)
         _, r, ki = self.reduce_ln2(xc)
         if self.ldexp:
-            # 1 + (e**r - 1) rounds once; scaling it by 2**k is exact for normal
-            # results and rounds once for subnormal ones: the bits of the other path.
-            one_plus = self.b.fadd(self.expm1_reduced(r), self.c(1.0))
+            # e**r rounds once; scaling it by 2**k is exact for normal results and
+            # rounds once for subnormal ones: the bits of the other path.
             scale = _ldexp(self.b.module, self.ty)
-            return self.b.call(scale, [one_plus, self._i32(ki)])
+            return self.b.call(scale, [self.exp_reduced(r, nonpositive), self._i32(ki)])
         # Two scale factors keep both inside the normal range, so results that are
         # subnormal are rounded once, at the last multiply; (1 + p) * s1 is one fma.
         k1 = self.b.ashr(ki, self.ci(1))
         k2 = self.b.sub(ki, k1)
         s1 = self.pow2(k1)
-        return self.b.fmul(self.fma(self.expm1_reduced(r), s1, s1), self.pow2(k2))
+        if nonpositive:
+            scaled = self.b.fmul(self.exp_reduced(r, direct=True), s1)
+        else:
+            scaled = self.fma(self.expm1_reduced(r), s1, s1)
+        return self.b.fmul(scaled, self.pow2(k2))
+
+    def exp_reduced(self, r: ir.Value, direct: bool) -> ir.Value:
+        """e**r for ``|r| <= ln2/2``, rounded once.
+
+        As 1 + (e**r - 1), or with ``direct`` as the Horner sum of a fit of e**r
+        itself, whose last step adds 1: one fma in place of a multiply, an fma and
+        an add (softmax's shift, where every vector operation shows in the time).
+        """
+        if direct:
+            return self.poly(r, "exp_reduced")
+        return self.b.fadd(self.expm1_reduced(r), self.c(1.0))
 
     def _i32(self, value: ir.Value) -> ir.Value:
         return value if self.ity == I32 else self.b.trunc(value, I32)
