@@ -195,6 +195,45 @@ def test_a_storage_that_reaches_outside_its_owner_is_refused():
         program([forged])
 
 
+def test_a_storage_swapped_under_a_tensor_seen_before_is_checked_again():
+    program = compile_llvm(_chain((2, 3)))
+    x = ember.from_numpy(np.arange(6, dtype=np.float32)).view(2, 3)
+    (first,) = program([x])
+    (again,) = program([x])  # the same storage and layout: remembered
+
+    x._storage.data = np.zeros(4, np.float32)[:4]
+
+    np.testing.assert_array_equal(first.numpy(), again.numpy())
+    with pytest.raises(SignatureError, match="addresses elements"):
+        program([x])
+
+
+def test_a_tensor_seen_before_is_read_at_its_new_values():
+    program = compile_llvm(_chain((2, 3)))
+    x = ember.from_numpy(np.zeros(6, np.float32)).view(2, 3)
+    program([x])
+
+    x._storage.data[:] = 1.0
+    (out,) = program([x])
+
+    np.testing.assert_allclose(out.numpy(), np.full((3, 2), np.exp(-1.0)), rtol=1e-6)
+
+
+def test_results_fed_back_as_arguments_are_not_kept_alive():
+    from ember.compiler.trace import trace
+
+    program = compile_llvm(trace(lambda x: x * 2.0, ember.ones(2, 3)))
+    (out,) = program([ember.ones(2, 3)])
+    (twice,) = program([out])
+
+    assert program._seen == [None]
+    del out
+    address = twice._storage.data.ctypes.data
+    del twice
+    (again,) = program([ember.ones(2, 3)])
+    assert again._storage.data.ctypes.data == address  # recycled: nobody held it
+
+
 def test_a_storage_of_another_dtype_is_refused():
     program = compile_llvm(_chain((2, 3)))
     forged = ember.zeros(2, 3)

@@ -102,16 +102,33 @@ class Boundary:
         self.needed.extend(s for s in slots if s not in self.needed)
         return step, launch, tuple(slots)
 
-    def addresses(self, env: Sequence[Storage]) -> dict[int, int]:
-        """The address of the first element of every slot prepared launches take."""
+    def addresses(
+        self,
+        env: Sequence[Storage],
+        fresh: dict[int, int] | None = None,
+        checked: dict[int, int] | None = None,
+    ) -> dict[int, int]:
+        """The address of the first element of every slot prepared launches take.
+
+        ``fresh`` maps the slots of fresh results to the addresses of the arrays
+        ``env`` holds for them, when the caller already knows them; ``checked``
+        maps argument slots to addresses this method returned for the very same
+        storage and layout on an earlier call.
+        """
         found = {}
+        known = fresh or {}
+        again = checked or {}
         for slot in self.needed:
-            flat, base = env[slot]
             spec = self.specs.get(slot)
             if spec is None:
-                found[slot] = _address(flat)
-            else:
-                found[slot] = self._argument(slot, spec, flat, base)
+                address = known.get(slot)
+                found[slot] = _address(env[slot][0]) if address is None else address
+                continue
+            address = again.get(slot)
+            if address is None:
+                flat, base = env[slot]
+                address = self._argument(slot, spec, flat, base)
+            found[slot] = address
         return found
 
     def _argument(self, slot: int, spec: ArgSpec, flat: np.ndarray, base: int) -> int:

@@ -312,6 +312,15 @@ class Program:
             (slot, meta.numel, meta.dtype.np_dtype) for slot, meta in fresh.items()
         ]
         self._result_layouts = [_fixed_layout(r, fresh) for r in self.results]
+        # The common case: every result in a fresh array of its own at a layout
+        # fixed per program, so a call only wraps each array in a tensor.
+        slots = [r.operand.slot for r in self.results]
+        fixed = [layout for layout in self._result_layouts if layout is not None]
+        self._simple_results = (
+            list(zip(slots, fixed))
+            if len(fixed) == len(slots) == len(set(slots))
+            else None
+        )
         self._arg_positions = {slot: i for i, slot in enumerate(self._arg_slots)}
         self._input_count = sum(a.kind == "input" for a in self.args)
         self._targets = [None if a.kind == "input" else a.target for a in self.args]
@@ -323,12 +332,23 @@ class Program:
         # take turns rather than overwrite each other's intermediates.
         self._lock = threading.Lock()
         self._recycled: dict[int, np.ndarray] = {}
+        self._fresh_addresses: dict[int, int] = {}
+        # Per argument: the last ember tensor's storage, meta, checked storage and
+        # address, when a later call may reuse them (see _remember).
+        self._seen: list[
+            tuple[_TensorStorage, TensorMeta, Storage, int | None] | None
+        ] = [None] * len(self.args)
 
     def __call__(
         self, inputs: Sequence[Any], params: Mapping[str, Any] | None = None
     ) -> list[Any]:
         values = self._bind(inputs, params or {})
         env = self._execute(values)
+        if self._simple_results is not None:
+            return [
+                _Tensor._new(_TensorStorage(env[slot][0]), fixed, None)
+                for slot, fixed in self._simple_results
+            ]
         storages: dict[int, Any] = {}
         results = []
         for result, fixed in zip(self.results, self._result_layouts):
@@ -402,20 +422,76 @@ class Program:
                 actual=len(values),
             )
         env = list(self._env)
+        seen = self._seen
+        known: dict[int, int] = {}
+        missed = []
         for position, (spec, value, slot) in enumerate(
             zip(self.args, values, self._arg_slots)
         ):
+            last = seen[position]
+            if (
+                last is not None
+                and getattr(value, "_storage", None) is last[0]
+                and value._meta is last[1]
+                and last[0].data is last[2][0]
+            ):
+                env[slot] = last[2]
+                if last[3] is not None:
+                    known[slot] = last[3]
+                continue
             env[slot] = spec.check(position, value)
+            missed.append(position)
         with self._lock:
             for slot, numel, np_dtype in self._fresh:
                 env[slot] = (self._fresh_array(slot, numel, np_dtype), 0)
-            addresses = self._boundary.addresses(env)  # type: ignore[arg-type]
+            addresses = self._boundary.addresses(
+                env,  # type: ignore[arg-type]
+                self._fresh_addresses,
+                known,
+            )
+            self._remember(values, missed, env, addresses)  # type: ignore[arg-type]
             for step, launch, slots in self._schedule:
                 if launch is None:
                     step.run(env)  # type: ignore[arg-type]
                 else:
                     launch([addresses[slot] for slot in slots])
         return env  # type: ignore[return-value]
+
+    def _remember(
+        self,
+        values: Sequence[Any],
+        positions: list[int],
+        env: list[Storage],
+        addresses: dict[int, int],
+    ) -> None:
+        """Remember the checked storage and address of each ember tensor argument
+        at ``positions`` whose flat storage is a view (what tensors hold; a flat
+        array that owns its memory is a fresh result of an earlier call, which
+        must not be kept alive or it would never be recycled).
+
+        A later call passing a tensor with the same Storage object, the same meta
+        object and the same flat array inside that storage gets the same storage
+        and address without checking again: the meta is immutable, the flat array
+        can never move, and the checks it passed depend on nothing else. The
+        table keeps those storages alive until another tensor takes the place.
+        """
+        for position in positions:
+            value = values[position]
+            slot = self._arg_slots[position]
+            storage = getattr(value, "_storage", None)
+            if type(value) is not _Tensor or storage is None:
+                self._seen[position] = None
+                continue
+            flat = env[slot][0]
+            if flat.base is None or storage.data is not flat:
+                self._seen[position] = None
+                continue
+            self._seen[position] = (
+                storage,
+                value._meta,
+                env[slot],
+                addresses.get(slot),
+            )
 
     def _fresh_array(self, slot: int, numel: int, np_dtype: np.dtype) -> np.ndarray:
         """The array a result is written to: last call's when nobody holds it any
@@ -431,6 +507,8 @@ class Program:
         if array is None or sys.getrefcount(array) > 3:
             array = np.empty(numel, np_dtype)
             self._recycled[slot] = array
+            # The table keeps the array alive, so its address stays valid.
+            self._fresh_addresses[slot] = array.ctypes.data
         return array
 
     @property
@@ -523,6 +601,22 @@ class CallStep(Step):
             for op, fixed in zip(self.reads + self.writes, self._fixed)
         ]
         self.fn(*arrays)
+
+
+class GemmStep(CallStep):
+    """A 2-D matmul that BLAS can read in place: ``compiled`` prepares a native
+    launch of BLAS gemm (:class:`~ember.compiler.codegen.blas.Gemm`) that runs
+    between kernels in one native call; when preparing fails, it calls
+    ``np.matmul`` from Python like any :class:`CallStep`."""
+
+    def __init__(
+        self, name: str, compiled: Any, reads: Sequence[Operand], product: Operand
+    ) -> None:
+        super().__init__(name, _blas_matmul, reads, [product])
+        self.compiled = compiled
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.compiled.describe()})"
 
 
 class KernelStep(Step):
@@ -669,9 +763,26 @@ def _matmul_steps(
     a, b = (table.operand(v) for v in mm.operands)
     table.computed(mm.product)
     product = table.operand(mm.product)
+    name = f"blas_matmul %{mm.node.name}"
+    gemm = _plan_gemm(a, b, product)
     steps: list[Step] = [
-        CallStep(f"blas_matmul %{mm.node.name}", _blas_matmul, [a, b], [product])
+        CallStep(name, _blas_matmul, [a, b], [product])
+        if gemm is None
+        else GemmStep(name, gemm, [a, b], product)
     ]
     if mm.epilogue is not None:
         steps.append(_kernel_step(mm.epilogue, table, compile_kernel))
     return steps
+
+
+def _plan_gemm(a: Operand, b: Operand, product: Operand) -> Any:
+    """A native BLAS gemm for a 2-D product of these operands, or None."""
+    from ember.compiler.codegen.blas import Gemm
+
+    operands = (a, b, product)
+    if any(len(op.meta.shape) != 2 for op in operands):
+        return None
+    if len({op.meta.dtype for op in operands}) != 1:
+        return None
+    matrices = [(op.meta.shape, op.meta.strides, op.offset) for op in operands]
+    return Gemm.plan(a.meta.dtype, *matrices)  # type: ignore[arg-type]

@@ -320,6 +320,11 @@ class _StepProgram:
     #: order (a flat copy serves); found at the first run.
     flat: list[bool] | None = None
 
+    @property
+    def interpreted(self) -> bool:
+        """Whether the graph interpreter runs this program (the backend could not)."""
+        return isinstance(self.program, functools.partial)
+
 
 class CompiledStep:
     """A compiled training step; call it like the original. See the module."""
@@ -399,31 +404,33 @@ class CompiledStep:
             inputs += [
                 Tensor._from_array(np.array(float(d[k]))) for d, k, _ in state.numbers
             ]
-        if isinstance(entry.program, functools.partial):
+        if entry.interpreted:
             # The interpreter runs eager ops: no autograd history on the results.
             with autograd.no_grad():
                 outputs = entry.program(inputs, state.tensors)
         else:
             outputs = entry.program(inputs, state.tensors)
-        position = entry.num_results
+        tensors = state.tensors
+        written = outputs[entry.num_results :]
         if entry.flat is None:
             # Layouts are fixed per signature: decide once how to copy each.
             entry.flat = [
-                _fills_storage(state.tensors[name]) and _fills_storage(value)
-                for name, value in zip(entry.writes, outputs[position:])
+                _fills_storage(tensors[name]) and _fills_storage(value)
+                for name, value in zip(entry.writes, written)
             ]
-        for name, flat in zip(entry.writes, entry.flat):
-            target, value = state.tensors[name], outputs[position]
-            whole, source = target._storage.data, value._storage.data
+        for name, flat, value in zip(entry.writes, entry.flat, written):
+            target = tensors[name]
+            storage = target._storage
+            whole, source = storage.data, value._storage.data
             if flat and whole.shape == source.shape:
                 # Both fill their whole flat buffers in order: one flat copy.
                 np.copyto(whole, source)
             else:
                 np.copyto(target.numpy(), value.numpy())
-            target._storage.version += 1
-            position += 1
+            storage.version += 1
+        params = state.params
         for name, index in entry.grads:
-            state.params[name].grad = None if index is None else outputs[index]
+            params[name].grad = None if index is None else outputs[index]
         for number, index in entry.numbers:
             owner, k, _ = state.numbers[number]
             owner[k] = type(owner[k])(outputs[index].item())

@@ -364,6 +364,8 @@ class PreparedLaunch:
         self.compiled = compiled
         self._args = args
         self._variable = variable
+        #: The partial sums of a partial reduction run by a LaunchSequence.
+        self._slots: Any = None
 
     @property
     def regions(self) -> int:
@@ -372,10 +374,10 @@ class PreparedLaunch:
 
     @property
     def sequenceable(self) -> bool:
-        """Whether a :class:`LaunchSequence` can run it: one call of the kernel's
-        main entry on the calling thread (no thread choice, no partial sums)."""
-        compiled = self.compiled
-        return compiled._points < PARALLEL_THRESHOLD and compiled._partial is None
+        """Whether a :class:`LaunchSequence` can run it: a launch that always runs
+        on the calling thread (a partial reduction then runs its chunks in order
+        and combines them, as :meth:`CompiledKernel._run` does on one thread)."""
+        return self.compiled._points < PARALLEL_THRESHOLD
 
     def fill(self, addresses: Sequence[int]) -> None:
         """Write the regions' addresses into the pointer array, without running."""
@@ -383,35 +385,80 @@ class PreparedLaunch:
         for (position, delta), address in zip(self._variable, addresses):
             args[position] = address + delta
 
+    def record(self) -> tuple[int, ...] | None:
+        """This launch's record of a :class:`LaunchSequence` table, or None when
+        the kernel has nothing to run."""
+        compiled = self.compiled
+        if not compiled._runs:
+            return None
+        args = ctypes.addressof(self._args)
+        emitted = compiled.emitted
+        if compiled._partial is None:
+            return _address_of(compiled._main), args, 0, emitted.split_extent, 0, 0, 0
+        extent = emitted.partial_extent
+        chunks = partial_chunks(extent, compiled._points)
+        if self._slots is None:
+            self._slots = (ctypes.c_int64 * (chunks * emitted.accumulators))()
+        return (
+            _address_of(compiled._partial_chunks),
+            args,
+            chunks,
+            extent,
+            1,
+            ctypes.addressof(self._slots),
+            _address_of(compiled._finish),
+        )
+
     def __call__(self, addresses: Sequence[int]) -> None:
         self.fill(addresses)
         compiled = self.compiled
         if not compiled._runs:
             return
-        if self.sequenceable:
+        if self.sequenceable and compiled._partial is None:
             compiled._main(self._args, 0, compiled.emitted.split_extent)
             return
         compiled._launch_args(self._args, None)
 
 
-#: The native loop of a LaunchSequence: for each record of a table (function,
-#: pointer array, start, stop), call ``function(pointers, start, stop)``.
+#: The native loop of a LaunchSequence. Each record of the table holds eight
+#: integers (function, pointer array, a, b, kind, partial sums, finish, counter):
+#: kind 0 calls ``function(pointers, a, b)``; kind 1 runs a partial reduction's
+#: ``a`` chunks of an axis of extent ``b`` in order, ``function(pointers,
+#: &counter, a, b, sums)`` with the counter set to 0, then ``finish(pointers,
+#: sums, a)``.
 _SEQUENCE_IR = """
 define void @ember_sequence(ptr %table, i64 %count) {
 entry:
   %empty = icmp eq i64 %count, 0
   br i1 %empty, label %done, label %loop
 loop:
-  %i = phi i64 [0, %entry], [%next, %loop]
-  %record = getelementptr [4 x i64], ptr %table, i64 %i
+  %i = phi i64 [0, %entry], [%next, %join]
+  %record = getelementptr [8 x i64], ptr %table, i64 %i
   %fn = load ptr, ptr %record
   %args.at = getelementptr i64, ptr %record, i64 1
   %args = load ptr, ptr %args.at
-  %start.at = getelementptr i64, ptr %record, i64 2
-  %start = load i64, ptr %start.at
-  %stop.at = getelementptr i64, ptr %record, i64 3
-  %stop = load i64, ptr %stop.at
-  call void %fn(ptr %args, i64 %start, i64 %stop)
+  %a.at = getelementptr i64, ptr %record, i64 2
+  %a = load i64, ptr %a.at
+  %b.at = getelementptr i64, ptr %record, i64 3
+  %b = load i64, ptr %b.at
+  %kind.at = getelementptr i64, ptr %record, i64 4
+  %kind = load i64, ptr %kind.at
+  %plain = icmp eq i64 %kind, 0
+  br i1 %plain, label %main, label %partial
+main:
+  call void %fn(ptr %args, i64 %a, i64 %b)
+  br label %join
+partial:
+  %sums.at = getelementptr i64, ptr %record, i64 5
+  %sums = load ptr, ptr %sums.at
+  %finish.at = getelementptr i64, ptr %record, i64 6
+  %finish = load ptr, ptr %finish.at
+  %counter = getelementptr i64, ptr %record, i64 7
+  store i64 0, ptr %counter
+  call void %fn(ptr %args, ptr %counter, i64 %a, i64 %b, ptr %sums)
+  call void %finish(ptr %args, ptr %sums, i64 %a)
+  br label %join
+join:
   %next = add i64 %i, 1
   %more = icmp ult i64 %next, %count
   br i1 %more, label %loop, label %done
@@ -420,6 +467,14 @@ done:
 }
 """
 _SEQUENCE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)
+#: Integers per record of a LaunchSequence table.
+_RECORD = 8
+
+
+def _address_of(function: Any) -> int:
+    address = ctypes.cast(function, ctypes.c_void_p).value
+    assert address is not None
+    return address
 
 
 @functools.cache
@@ -433,33 +488,43 @@ def _sequence_entry() -> tuple[Any, Any]:
 class LaunchSequence:
     """Prepared launches run one after the other by one native call.
 
-    Each launch must be :attr:`~PreparedLaunch.sequenceable`; its checks ran when
-    it was prepared, and the sequence only hands its pointer array to its kernel,
+    Each launch (a :class:`PreparedLaunch`, or a
+    :class:`~ember.compiler.codegen.blas.GemmLaunch`) must be sequenceable; its
+    checks ran when it was prepared, and the sequence only hands its pointer
+    array to its entry,
     so it is exactly as safe as calling the launches in turn, minus one trip
     through ctypes per kernel. ``sequence(addresses)`` takes the addresses of
     every launch's regions, launch after launch. Like a prepared launch, one
     sequence must not run on two threads at once.
     """
 
-    def __init__(self, launches: Sequence[PreparedLaunch]) -> None:
+    def __init__(self, launches: Sequence[Any]) -> None:
         assert all(launch.sequenceable for launch in launches)
-        self.launches = [launch for launch in launches if launch.compiled._runs]
-        self._fills = [(launch.fill, launch.regions) for launch in launches]
-        self._table = (ctypes.c_int64 * (4 * len(self.launches)))()
-        for k, launch in enumerate(self.launches):
-            compiled = launch.compiled
-            entry = ctypes.cast(compiled._main, ctypes.c_void_p).value
-            assert entry is not None
-            self._table[4 * k] = entry
-            self._table[4 * k + 1] = ctypes.addressof(launch._args)
-            self._table[4 * k + 3] = compiled.emitted.split_extent
+        records = [launch.record() for launch in launches]
+        self.launches = [
+            launch for launch, record in zip(launches, records) if record is not None
+        ]
+        # Where each address a call passes goes: a launch's pointer array, the
+        # position in it and the byte offset of the buffer's first element.
+        self._targets = [
+            (launch._args, position, delta)
+            for launch in launches
+            for position, delta in launch._variable
+        ]
+        self._table = (ctypes.c_int64 * (_RECORD * len(self.launches)))()
+        for k, record in enumerate(r for r in records if r is not None):
+            self._table[_RECORD * k : _RECORD * k + len(record)] = record
         self._engine, self._run = _sequence_entry()
 
     def __call__(self, addresses: Sequence[int]) -> None:
-        start = 0
-        for fill, count in self._fills:
-            fill(addresses[start : start + count])
-            start += count
+        if len(addresses) != len(self._targets):
+            raise SignatureError(
+                f"a launch sequence takes {len(self._targets)} addresses",
+                expected=len(self._targets),
+                actual=len(addresses),
+            )
+        for (args, position, delta), address in zip(self._targets, addresses):
+            args[position] = address + delta
         self._run(self._table, len(self.launches))
 
 
