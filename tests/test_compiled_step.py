@@ -10,6 +10,8 @@ rtol 1e-4, atol 1e-5, as compiled training does in test_compiled_training.py.
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import pytest
 
@@ -259,3 +261,80 @@ def test_backward_with_an_explicit_gradient_is_refused():
     compiled(x)
     with pytest.raises(UnsupportedError, match=r"backward\(gradient\) in a compiled"):
         compiled(x)
+
+
+def test_new_values_come_from_arrays_the_program_writes_again_each_step():
+    model, _, step = _setup(_mlp, OPTIMIZERS["sgd-momentum"])
+    compiled = ember.compile(step, backend="llvm")
+    batches = _data(8, 4)
+    for x, y in batches[:3]:
+        compiled(x, y)
+    (entry,) = compiled.cache.values()
+    program, direct = entry.program, entry.direct
+    assert direct and [name for name, _, _ in direct.writes] == entry.writes
+    slots = [program._simple_results[index][0] for _, index, _ in direct.writes]
+    # Weak references: the test must not itself keep the arrays in use.
+    before = [weakref.ref(program._recycled[slot]) for slot in slots]
+
+    compiled(*batches[3])
+
+    # No tensor kept the new parameter values, so their arrays were reused.
+    assert all(program._recycled[s] is ref() for s, ref in zip(slots, before))
+
+
+def test_a_gradient_kept_from_an_earlier_step_is_not_overwritten():
+    model, _, step = _setup(_mlp, OPTIMIZERS["sgd-momentum"])
+    compiled = ember.compile(step, backend="llvm")
+    (x, y), (x2, y2) = _data(8, 2)
+    for _ in range(3):
+        compiled(x, y)
+    kept = model[0].weight.grad
+    values = kept.numpy().copy()
+
+    compiled(x2, y2)
+
+    assert model[0].weight.grad is not kept
+    np.testing.assert_array_equal(kept.numpy(), values)
+    assert not np.array_equal(model[0].weight.grad.numpy(), values)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_parameter_viewing_part_of_a_storage_is_updated_in_place(backend):
+    def run(compile_step: bool) -> tuple[list[float], list[float]]:
+        base = ember.arange(10.0)
+        weight = base[2:7].detach().requires_grad_()
+        optimizer = optim.SGD([weight], lr=0.1, momentum=0.9)
+
+        def step(x):
+            loss = ((weight * x).sum() - 1.0) ** 2
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            return loss
+
+        run_step = ember.compile(step, backend=backend) if compile_step else step
+        for _ in range(5):
+            run_step(ember.ones(5))
+        assert weight._storage is base._storage
+        return base.tolist(), weight.grad.tolist()
+
+    eager, compiled = run(False), run(True)
+    np.testing.assert_allclose(compiled[0], eager[0], rtol=1e-6)
+    np.testing.assert_allclose(compiled[1], eager[1], rtol=1e-6)
+    assert compiled[0][:2] == [0.0, 1.0] and compiled[0][7:] == [7.0, 8.0, 9.0]
+
+
+def test_alternating_batch_sizes_each_run_their_own_program():
+    eager_model, _, eager_step = _setup(_linear, OPTIMIZERS["sgd-momentum"])
+    model, _, step = _setup(_linear, OPTIMIZERS["sgd-momentum"])
+    compiled = ember.compile(step, backend="llvm")
+    full, (x, y) = _data(5, 2)
+    half = (x[:16], y[:16])
+    rtol, atol = TOLERANCE["llvm"]
+    for x, y in [full, half] * 6:
+        want = eager_step(x, y).item()
+        np.testing.assert_allclose(compiled(x, y).item(), want, rtol, atol)
+    assert len(compiled.cache) == 2 and compiled.eager_calls == 1
+    np.testing.assert_allclose(
+        model.weight.numpy(), eager_model.weight.numpy(), rtol, atol
+    )

@@ -211,3 +211,28 @@ def test_the_fused_and_lowered_stages_are_written_to_the_dump_folder(tmp_path):
     lowered = (tmp_path / "lowered.txt").read_text()
     assert fused.startswith("fused: 4 kernels, 3 declined fusions")
     assert lowered.count("# g") == lowered.count("kernel ") == 4
+
+
+def test_fresh_result_arrays_hold_the_results_at_their_layouts():
+    g = Graph()
+    x = g.input("x", f32(2, 3))
+    g.output([g.call("neg", [x]), g.call("add", [x, x])])
+    program = compile_llvm(g)
+    x_np = np.arange(6, dtype=np.float32).reshape(2, 3)
+
+    arrays = program.run_fresh_arrays([x_np])
+    layouts = program.result_layouts
+
+    assert layouts is not None and len(arrays) == len(layouts) == 2
+    want = program.run_arrays(x_np)
+    for array, layout, expected in zip(arrays, layouts, want):
+        view = Tensor._new(Storage(array), layout, None).numpy()
+        np.testing.assert_array_equal(view, expected)
+
+
+def test_a_result_viewing_an_argument_has_no_fresh_array_layout():
+    g = Graph()
+    x = g.input("x", f32(2, 3))
+    g.output([g.call("permute", [x], {"dims": (1, 0)})])
+
+    assert compile_llvm(g).result_layouts is None

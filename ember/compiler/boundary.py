@@ -72,6 +72,9 @@ class Boundary:
             max((high for _, high in self.planned), default=0),
         )
         self.needed: list[int] = []
+        # The needed slots of fresh results, and those of arguments with their
+        # specs; split at the first call, after every step was prepared.
+        self._split: tuple[list[int], list[tuple[int, ArgSpec]]] | None = None
         # Per argument slot: the last storage checked, by weak reference, with its
         # strides and the address of its first element. A storage that does not
         # own its memory (a view: what ember tensors hold) can never move it, and
@@ -100,6 +103,7 @@ class Boundary:
             logger.debug("%s keeps per-call checks: %s", step.name, error)
             return step, None, ()
         self.needed.extend(s for s in slots if s not in self.needed)
+        self._split = None
         return step, launch, tuple(slots)
 
     def addresses(
@@ -115,20 +119,27 @@ class Boundary:
         maps argument slots to addresses this method returned for the very same
         storage and layout on an earlier call.
         """
-        found = {}
-        known = fresh or {}
-        again = checked or {}
-        for slot in self.needed:
-            spec = self.specs.get(slot)
-            if spec is None:
-                address = known.get(slot)
-                found[slot] = _address(env[slot][0]) if address is None else address
-                continue
-            address = again.get(slot)
-            if address is None:
+        split = self._split
+        if split is None:
+            split = self._split = (
+                [slot for slot in self.needed if slot not in self.specs],
+                [
+                    (slot, self.specs[slot])
+                    for slot in self.needed
+                    if slot in self.specs
+                ],
+            )
+        # Slots the launches do not take may come along: they are never looked up.
+        found = dict(fresh) if fresh else {}
+        if checked:
+            found.update(checked)
+        for slot in split[0]:
+            if slot not in found:
+                found[slot] = first_address(env[slot][0])
+        for slot, spec in split[1]:
+            if slot not in found:
                 flat, base = env[slot]
-                address = self._argument(slot, spec, flat, base)
-            found[slot] = address
+                found[slot] = self._argument(slot, spec, flat, base)
         return found
 
     def _argument(self, slot: int, spec: ArgSpec, flat: np.ndarray, base: int) -> int:
@@ -147,7 +158,7 @@ class Boundary:
             address = known[2]
         else:
             _check_inside_owner(spec, flat)
-            address = _address(flat)
+            address = first_address(flat)
             if flat.base is not None:
                 self._known[slot] = (weakref.ref(flat), strides, address)
         item = flat.itemsize
@@ -169,7 +180,7 @@ class Boundary:
                 )
 
 
-def _address(flat: np.ndarray) -> int:
+def first_address(flat: np.ndarray) -> int:
     """The address of a flat array's first element; SignatureError unless it is
     contiguous (native code steps through it element by element)."""
     try:

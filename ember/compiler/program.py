@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from ember.compiler.boundary import Boundary, sequenced
+from ember.compiler.boundary import Boundary, first_address, sequenced
 from ember.errors import SignatureError
 from ember.ir.layout import span, within_bounds
 from ember.ir.meta import TensorMeta
@@ -383,6 +383,27 @@ class Program:
             results.append(_Tensor._make(storage, layout))
         return results
 
+    @property
+    def result_layouts(self) -> list[TensorMeta] | None:
+        """The layout of each result in its own fresh flat array, fixed for every
+        call; None when some result is not of that kind (see
+        :meth:`run_fresh_arrays`)."""
+        simple = self._simple_results
+        return None if simple is None else [fixed for _, fixed in simple]
+
+    def run_fresh_arrays(self, values: Sequence[Any]) -> list[np.ndarray]:
+        """Run on positional arguments (as :meth:`run_arrays`) and return the flat
+        array each result lives in, at the layout :attr:`result_layouts` gives;
+        only for programs that have those layouts.
+
+        Wrapping no result in a tensor saves a caller that copies a result
+        elsewhere (a compiled training step's new parameter values) creating
+        one; an array it drops is written again by a later call.
+        """
+        assert self._simple_results is not None
+        env = self._execute(values)
+        return [env[slot][0] for slot, _ in self._simple_results]
+
     def run_arrays(self, *values: Any) -> list[np.ndarray]:
         """Run on positional arguments; return numpy arrays (see the class doc)."""
         env = self._execute(values)
@@ -442,8 +463,7 @@ class Program:
             env[slot] = spec.check(position, value)
             missed.append(position)
         with self._lock:
-            for slot, numel, np_dtype in self._fresh:
-                env[slot] = (self._fresh_array(slot, numel, np_dtype), 0)
+            self._fresh_arrays(env)
             addresses = self._boundary.addresses(
                 env,  # type: ignore[arg-type]
                 self._fresh_addresses,
@@ -493,9 +513,9 @@ class Program:
                 addresses.get(slot),
             )
 
-    def _fresh_array(self, slot: int, numel: int, np_dtype: np.dtype) -> np.ndarray:
-        """The array a result is written to: last call's when nobody holds it any
-        more, else a new one.
+    def _fresh_arrays(self, env: list[Any]) -> None:
+        """Put in ``env`` the array each result is written to: last call's when
+        nobody holds it any more, else a new one.
 
         A result is returned in a new array on every call, so a tensor the caller
         keeps is never overwritten. Allocating that array costs page faults (about
@@ -503,13 +523,16 @@ class Program:
         all gone is written again instead: this table's reference, the local name and
         the argument of ``getrefcount`` are then the only three left.
         """
-        array = self._recycled.get(slot)
-        if array is None or sys.getrefcount(array) > 3:
-            array = np.empty(numel, np_dtype)
-            self._recycled[slot] = array
-            # The table keeps the array alive, so its address stays valid.
-            self._fresh_addresses[slot] = array.ctypes.data
-        return array
+        recycled = self._recycled
+        refcount = sys.getrefcount
+        for slot, numel, np_dtype in self._fresh:
+            array = recycled.get(slot)
+            if array is None or refcount(array) > 3:
+                array = np.empty(numel, np_dtype)
+                recycled[slot] = array
+                # The table keeps the array alive, so its address stays valid.
+                self._fresh_addresses[slot] = first_address(array)
+            env[slot] = (array, 0)
 
     @property
     def checked_per_call(self) -> list[str]:

@@ -86,6 +86,7 @@ from ember.ir import functions as F
 from ember.ir.graph import Graph, Node
 from ember.ir.meta import TensorMeta
 from ember.runtime import autograd
+from ember.runtime.tensor import Storage as _Storage
 from ember.runtime.tensor import Tensor
 
 logger = logging.getLogger(__name__)
@@ -177,29 +178,37 @@ def _gather(optimizers: list[Any], names: dict[int, str]) -> _State:
     grad_key: list[bool] = []
     for k, opt in enumerate(optimizers):
         prefix = f"opt{k}." if len(optimizers) > 1 else ""
+        table = opt.state
         for group in opt.param_groups:
             key.append(
                 tuple(
-                    (name, value)
-                    for name, value in group.items()
-                    if name not in ("params", "param_names")
+                    [
+                        (name, value)
+                        for name, value in group.items()
+                        if name != "params" and name != "param_names"
+                    ]
                 )
             )
             for param in group["params"]:
-                name = prefix + names.get(id(param), f"param{len(params)}")
+                name = names.get(id(param))
+                name = prefix + (f"param{len(params)}" if name is None else name)
                 params[name] = param
                 tensors[name] = param
                 key.append((name, param._meta, param.requires_grad))
-                grad_key.append(param.grad is not None)
-                if param.grad is not None:
-                    tensors[f"{name}.grad"] = param.grad
-                for entry, value in opt.state.get(param, {}).items():
+                grad = param.grad
+                grad_key.append(grad is not None)
+                if grad is not None:
+                    tensors[name + ".grad"] = grad
+                entries = table.get(param)
+                if not entries:
+                    continue
+                for entry, value in entries.items():
                     label = f"{name}.{entry}"
                     if isinstance(value, Tensor):
                         tensors[label] = value
                         key.append((label, value._meta))
                     else:
-                        numbers.append((opt.state[param], entry, label))
+                        numbers.append((entries, entry, label))
                         key.append((label, type(value)))
     return _State(tensors, numbers, params, tuple(key), tuple(grad_key))
 
@@ -319,6 +328,9 @@ class _StepProgram:
     #: For each written tensor, whether target and result fill their storage in
     #: order (a flat copy serves); found at the first run.
     flat: list[bool] | None = None
+    #: How the program is run without wrapping its results in tensors, or False
+    #: when it cannot be; found at the first run.
+    direct: _Direct | None | bool = None
 
     @property
     def interpreted(self) -> bool:
@@ -342,6 +354,10 @@ class CompiledStep:
         # Calls whose arguments are all tensors, by exact layout and state
         # signature, mapped to the entry the full key chose for them.
         self._fast: dict[tuple[Any, ...], _StepProgram] = {}
+        # The last fast key and its entry: a key built from the same objects
+        # compares equal element by element by identity, without hashing the
+        # metas in it as a dict lookup does.
+        self._last: tuple[tuple[Any, ...], _StepProgram] | None = None
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -352,9 +368,14 @@ class CompiledStep:
         self.calls += 1
         state = _gather(self.optimizers, self._names)
         fast = None if kwargs else _fast_key(args, state)
-        entry = self._fast.get(fast) if fast is not None else None
-        if entry is not None:
-            return self._run(entry, args, state)
+        if fast is not None:
+            last = self._last
+            if last is not None and fast == last[0]:
+                return self._run(last[1], args, state)
+            entry = self._fast.get(fast)
+            if entry is not None:
+                self._last = (fast, entry)
+                return self._run(entry, args, state)
         leaves, spec = flatten((args, kwargs), lambda v: isinstance(v, Tensor))
         key = (
             _hashable(spec),
@@ -373,6 +394,7 @@ class CompiledStep:
         if fast is not None:
             if len(self._fast) >= 4 * CACHE_LIMIT:
                 self._fast.clear()
+                self._last = None
             self._fast[fast] = entry
         return self._run(entry, leaves, state)
 
@@ -396,6 +418,7 @@ class CompiledStep:
         if len(self.cache) > CACHE_LIMIT:
             self.cache.pop(next(iter(self.cache)))
             self._fast.clear()
+            self._last = None
             logger.info("%s: dropped the oldest program", self.label)
 
     def _run(self, entry: _StepProgram, leaves: Sequence[Tensor], state: _State) -> Any:
@@ -404,6 +427,16 @@ class CompiledStep:
             inputs += [
                 Tensor._from_array(np.array(float(d[k]))) for d, k, _ in state.numbers
             ]
+        direct = entry.direct
+        if direct is None:
+            direct = entry.direct = _Direct.of(entry, len(inputs)) or False
+        if isinstance(direct, _Direct) and len(inputs) == direct.input_count:
+            try:
+                values = inputs + [state.tensors[t] for t in direct.targets]
+            except KeyError:
+                pass  # the program's own binding reports what is missing
+            else:
+                return _run_direct(entry, direct, values, state)
         if entry.interpreted:
             # The interpreter runs eager ops: no autograd history on the results.
             with autograd.no_grad():
@@ -531,6 +564,82 @@ class CompiledStep:
 
     def __repr__(self) -> str:
         return f"CompiledStep({self.label}, backend={self.backend!r})"
+
+
+@dataclass
+class _Direct:
+    """How a backend program of a step runs on a precomputed argument order and
+    hands back flat result arrays (:meth:`Program.run_fresh_arrays`): new
+    parameter and state values are copied out of them without being wrapped in
+    tensors, and an array nobody keeps is written again by the next call."""
+
+    input_count: int
+    targets: tuple[str, ...]  # the parameters and buffers the program reads, in order
+    layouts: list[TensorMeta]  # each result's layout in its array
+    #: For each written tensor: (its name, its result index, whether the result
+    #: fills its array in row-major order, so that a flat copy may serve).
+    writes: list[tuple[str, int, bool]]
+    #: Per written tensor, the last meta of its target found contiguous from
+    #: offset 0 (metas are immutable, and an in-place step keeps a tensor's).
+    dense: list[TensorMeta | None]
+
+    @staticmethod
+    def of(entry: _StepProgram, input_count: int) -> _Direct | None:
+        program = entry.program
+        layouts = getattr(program, "result_layouts", None)
+        if entry.interpreted or layouts is None:
+            return None
+        args = program.args
+        if sum(a.kind == "input" for a in args) != input_count:
+            return None
+        targets = tuple(a.target for a in args if a.kind != "input")
+        writes = []
+        for k, name in enumerate(entry.writes):
+            index = entry.num_results + k
+            layout = layouts[index]
+            writes.append((name, index, layout.offset == 0 and layout.is_contiguous()))
+        return _Direct(input_count, targets, layouts, writes, [None] * len(writes))
+
+
+def _run_direct(
+    entry: _StepProgram, direct: _Direct, values: list[Any], state: _State
+) -> Any:
+    """Run ``entry`` as :class:`_Direct` describes and hand its results back as
+    :meth:`CompiledStep._run` does."""
+    arrays = entry.program.run_fresh_arrays(values)
+    layouts = direct.layouts
+    tensors = state.tensors
+    dense = direct.dense
+    for position, (name, index, flat) in enumerate(direct.writes):
+        target = tensors[name]
+        storage = target._storage
+        whole, source = storage.data, arrays[index]
+        meta = target._meta
+        known = dense[position]
+        if flat and meta is not known and meta.offset == 0 and meta.is_contiguous():
+            dense[position] = known = meta
+        if flat and meta is known and whole.shape == source.shape:
+            # Both are their whole flat arrays, element for element: one flat copy.
+            np.copyto(whole, source)
+        else:
+            value = Tensor._new(_Storage(source), layouts[index], None)
+            np.copyto(target.numpy(), value.numpy())
+        storage.version += 1
+    params = state.params
+    for name, grad in entry.grads:
+        params[name].grad = (
+            None
+            if grad is None
+            else Tensor._new(_Storage(arrays[grad]), layouts[grad], None)
+        )
+    for number, output in entry.numbers:
+        owner, key, _ = state.numbers[number]
+        owner[key] = type(owner[key])(arrays[output][layouts[output].offset].item())
+    results = [
+        Tensor._new(_Storage(arrays[i]), layouts[i], None)
+        for i in range(entry.num_results)
+    ]
+    return unflatten(entry.output_spec, results)
 
 
 def _fills_storage(tensor: Tensor) -> bool:
