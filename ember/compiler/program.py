@@ -22,6 +22,7 @@ native call.
 
 from __future__ import annotations
 
+import abc
 import logging
 import sys
 import threading
@@ -74,20 +75,22 @@ class Operand:
 Storage = tuple[np.ndarray, int]
 
 
-class Step:
+class Step(abc.ABC):
     """One entry of the schedule: reads and writes operands of the environment."""
 
     name: str = "step"
     reads: tuple[Operand, ...] = ()
     writes: tuple[Operand, ...] = ()
 
+    @abc.abstractmethod
     def run(self, env: Sequence[Storage]) -> None:
         """Execute the step against the storages of ``env``."""
-        raise NotImplementedError
 
     def bind_planned(self, env: Sequence[Storage | None]) -> None:
         """Called once with the slots that never change between calls (constants and
-        planned buffers) filled in and the others None; a step may prepare views."""
+        planned buffers) filled in and the others None; a step may prepare views.
+        The default prepares nothing."""
+        return None
 
     def describe(self) -> str:
         """One line for the program dump."""
