@@ -15,6 +15,7 @@ from ember.ir.dtypes import DType, float32, float64, int32, int64
 from ember.ir.dtypes import bool_ as bool  # noqa: A001 - ember.bool mirrors torch.bool
 from ember.ir.functions import (
     abs,
+    add,
     amax,
     amin,
     argmax,
@@ -70,7 +71,6 @@ from ember.ir.functions import (
     view,
     where,
 )
-from ember.ir.functions import add
 from ember.runtime import autograd
 from ember.runtime.autograd import enable_grad, no_grad
 from ember.runtime.factories import (
