@@ -430,13 +430,15 @@ class CompiledStep:
         direct = entry.direct
         if direct is None:
             direct = entry.direct = _Direct.of(entry, len(inputs)) or False
-        if isinstance(direct, _Direct) and len(inputs) == direct.input_count:
-            try:
-                values = inputs + [state.tensors[t] for t in direct.targets]
-            except KeyError:
-                pass  # the program's own binding reports what is missing
-            else:
-                return _run_direct(entry, direct, values, state)
+        tensors = state.tensors
+        if (
+            isinstance(direct, _Direct)
+            and len(inputs) == direct.input_count
+            and all(t in tensors for t in direct.targets)
+        ):
+            # A missing target takes the general path, whose binding names it.
+            values = inputs + [tensors[t] for t in direct.targets]
+            return _run_direct(entry, direct, values, state)
         if entry.interpreted:
             # The interpreter runs eager ops: no autograd history on the results.
             with autograd.no_grad():
