@@ -299,10 +299,12 @@ def _matmul(data: st.DataObject) -> Check:
     rng = seeded(data)
     m, k, n = (data.draw(st.integers(1, 3)) for _ in range(3))
     batch_a, batch_b = broadcast_pair(data)
+    # Keep at most two trailing batch dims: trailing dims of a broadcastable pair
+    # stay broadcastable, leading ones need not.
     kind_a = data.draw(st.sampled_from(["vector", "matrix"]))
     kind_b = data.draw(st.sampled_from(["vector", "matrix"]))
-    a = (k,) if kind_a == "vector" else batch_a[:2] + (m, k)
-    b = (k,) if kind_b == "vector" else batch_b[:2] + (k, n)
+    a = (k,) if kind_a == "vector" else batch_a[-2:] + (m, k)
+    b = (k,) if kind_b == "vector" else batch_b[-2:] + (k, n)
     return Check(F.matmul, [strided(data, rng, a), strided(data, rng, b)])
 
 
