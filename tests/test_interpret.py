@@ -133,7 +133,14 @@ def test_tracing_the_interpreter_gives_back_the_same_calls(case, data):
     tensors, bound = as_tensors(inputs, params)
     model = Bound(graph, bound)
 
-    traced = trace(model, *tensors)
+    try:
+        traced = trace(model, *tensors)
+    except EmberError as error:
+        # Ops on constants alone run while tracing, so a value-dependent error
+        # (0 ** -1 in ints) shows there; eager execution must raise it too.
+        with pytest.raises(type(error)):
+            model(*tensors)
+        return
     assert traced_calls(traced) == traced_calls(graph)
     assert sorted(n.target for n in traced.params) == sorted(
         n.target
