@@ -20,6 +20,7 @@ know ember::
     ├── LoweringError (NotImplementedError)      E-LOWER
     ├── CodegenError (RuntimeError)              E-CODEGEN
     ├── SignatureError (ValueError)              E-SIGNATURE
+    │   └── AliasError                           E-SIGNATURE-ALIAS
     ├── AutogradError (RuntimeError)             E-AUTOGRAD
     │   ├── NonScalarLossError                   E-AUTOGRAD-NONSCALAR
     │   ├── MissingGradError                     E-AUTOGRAD-MISSING
@@ -218,6 +219,12 @@ class SignatureError(EmberError, ValueError):
     """Inputs that do not match what a compiled program was built for."""
 
     code = "E-SIGNATURE"
+
+
+class AliasError(SignatureError):
+    """An argument a program updates in place shares memory with another argument."""
+
+    code = "E-SIGNATURE-ALIAS"
 
 
 class AutogradError(EmberError, RuntimeError):

@@ -263,23 +263,52 @@ def test_backward_with_an_explicit_gradient_is_refused():
         compiled(x)
 
 
-def test_new_values_come_from_arrays_the_program_writes_again_each_step():
-    model, _, step = _setup(_mlp, OPTIMIZERS["sgd-momentum"])
+def test_parameters_and_state_are_updated_in_place_by_the_program():
+    model, optimizer, step = _setup(_mlp, OPTIMIZERS["sgd-momentum"])
     compiled = ember.compile(step, backend="llvm")
     batches = _data(8, 4)
     for x, y in batches[:3]:
         compiled(x, y)
     (entry,) = compiled.cache.values()
     program, direct = entry.program, entry.direct
-    assert direct and [name for name, _, _ in direct.writes] == entry.writes
-    slots = [program._simple_results[index][0] for _, index, _ in direct.writes]
-    # Weak references: the test must not itself keep the arrays in use.
-    before = [weakref.ref(program._recycled[slot]) for slot in slots]
+    # Every new parameter and momentum buffer is written over the old one.
+    assert direct and direct.writes == [] and direct.in_place == entry.writes
+    assert sorted(program.donated) == list(
+        range(entry.num_results, entry.num_results + len(entry.writes))
+    )
+    tensors = [p for p in model.parameters()] + [
+        optimizer.state[p]["momentum_buffer"] for p in model.parameters()
+    ]
+    memory = [(t._storage, t._storage.data, t._storage.version) for t in tensors]
+    before = [t.numpy().copy() for t in tensors]
 
     compiled(*batches[3])
 
-    # No tensor kept the new parameter values, so their arrays were reused.
-    assert all(program._recycled[s] is ref() for s, ref in zip(slots, before))
+    for t, (storage, data, version), old in zip(tensors, memory, before):
+        assert t._storage is storage and t._storage.data is data
+        assert storage.version == version + 1  # in-place writes bump the version
+        assert not np.array_equal(t.numpy(), old)
+
+
+def test_dropped_gradients_are_written_again_two_steps_later():
+    model, _, step = _setup(_mlp, OPTIMIZERS["sgd-momentum"])
+    compiled = ember.compile(step, backend="llvm")
+    batches = _data(8, 4)
+    for x, y in batches[:2]:
+        compiled(x, y)
+    compiled(*batches[2])
+    # Weak references: the test must not itself keep the arrays in use.
+    first = [weakref.ref(p.grad._storage.data) for p in model.parameters()]
+    compiled(*batches[3])
+    second = [weakref.ref(p.grad._storage.data) for p in model.parameters()]
+    assert all(a() is not b() for a, b in zip(first, second))
+
+    compiled(*batches[0])
+
+    # The gradients of two steps ago were dropped, so their arrays came back.
+    assert all(
+        p.grad._storage.data is ref() for p, ref in zip(model.parameters(), first)
+    )
 
 
 def test_a_gradient_kept_from_an_earlier_step_is_not_overwritten():

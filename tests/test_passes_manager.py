@@ -54,6 +54,7 @@ def test_the_default_pipeline_runs_the_passes_in_the_documented_order() -> None:
         "propagate_meta",
         "validate_layout",
         "decompose",
+        "multiply_outer_products",
         "simplify_algebra",
         "fold_constants",
         "eliminate_common_subexpressions",
@@ -114,14 +115,15 @@ def test_dump_dir_receives_the_graph_after_every_pass(tmp_path: Path) -> None:
         "01-propagate_meta.ir",
         "02-validate_layout.ir",
         "03-decompose.ir",
-        "04-simplify_algebra.ir",
-        "05-fold_constants.ir",
-        "06-eliminate_common_subexpressions.ir",
-        "07-eliminate_dead_code.ir",
+        "04-multiply_outer_products.ir",
+        "05-simplify_algebra.ir",
+        "06-fold_constants.ir",
+        "07-eliminate_common_subexpressions.ir",
+        "08-eliminate_dead_code.ir",
     ]
     assert (tmp_path / "00-input.ir").read_text() == format_graph(parse(SOFTMAX))
     assert "= softmax(" not in (tmp_path / "03-decompose.ir").read_text()
-    assert (tmp_path / "07-eliminate_dead_code.ir").read_text() == format_graph(result)
+    assert (tmp_path / "08-eliminate_dead_code.ir").read_text() == format_graph(result)
     for path in tmp_path.iterdir():
         parse(path.read_text(), source=str(path))
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 
 from ember import settings
 from ember.compiler.fusion import FusedGraph, format_fused, fuse
@@ -37,8 +38,10 @@ from ember.ir.graph import Graph
 logger = logging.getLogger(__name__)
 
 
-def compile_llvm(graph: Graph) -> Program:
-    """Compile ``graph`` (left unchanged) to a native :class:`Program`."""
+def compile_llvm(graph: Graph, donate: Mapping[int, str] | None = None) -> Program:
+    """Compile ``graph`` (left unchanged) to a native :class:`Program`; ``donate``
+    names outputs it may write over a parameter or buffer in place
+    (:func:`~ember.compiler.program.build_program`)."""
     from ember.compiler.codegen import compile_kernel
 
     start = time.perf_counter()
@@ -46,7 +49,7 @@ def compile_llvm(graph: Graph) -> Program:
     fused = fuse(optimized)
     lowered = lower(fused)
     _dump(fused, lowered)
-    program = build_program(fused, lowered, compile_kernel)
+    program = build_program(fused, lowered, compile_kernel, donate)
     logger.debug(
         "compiled %d kernels for graph %s in %.1f ms",
         len(lowered),

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ember.errors import SignatureError
+from ember.errors import AliasError, SignatureError
 from ember.ir.meta import TensorMeta
 
 if TYPE_CHECKING:
@@ -40,9 +40,11 @@ class Boundary:
     layout in its storage; :meth:`addresses` adds that the storage is a flat
     contiguous array of the right dtype lying inside the memory it views, and that
     it overlaps no planned buffer (kernels write those). Fresh results are new
-    arrays, so they overlap nothing. A kernel that writes an argument, or whose
-    buffer reaches past its slot's layout, keeps the launcher's checks on every
-    call.
+    arrays, so they overlap nothing. Arguments in ``updated`` are written in place
+    (a parameter a training step updates): their kernels get them as private
+    memory, so :meth:`addresses` also checks that each is writable and overlaps no
+    other argument. A kernel that writes another argument, or whose buffer reaches
+    past its slot's layout, keeps the launcher's checks on every call.
     """
 
     def __init__(
@@ -51,13 +53,19 @@ class Boundary:
         arg_slots: Sequence[int],
         fresh: dict[int, TensorMeta],
         plan: BufferPlan,
+        updated: set[int] | None = None,
     ) -> None:
         from ember.compiler.codegen.launch import Region
 
+        self.updated = frozenset(updated or ())
         self.regions: dict[int, Any] = {
-            slot: Region(spec.meta.dtype, spec._extent)
+            slot: Region(spec.meta.dtype, spec._extent, private=slot in self.updated)
             for spec, slot in zip(args, arg_slots)
         }
+        # The argument addresses of the last call whose updated arguments were
+        # found private (None after a failed check): the same addresses need no
+        # new check.
+        self._private: tuple[int, ...] | None = None
         self.regions.update(
             (slot, Region(meta.dtype, meta.numel, private=True))
             for slot, meta in fresh.items()
@@ -140,7 +148,45 @@ class Boundary:
             if slot not in found:
                 flat, base = env[slot]
                 found[slot] = self._argument(slot, spec, flat, base)
+        if self.updated:
+            self._check_updated(env, found)
         return found
+
+    def _check_updated(self, env: Sequence[Storage], found: dict[int, int]) -> None:
+        """SignatureError unless every argument written in place is writable and
+        shares no byte with another argument (it would read the new values)."""
+        addresses = tuple(found.get(slot, -1) for slot in self.specs)
+        if addresses == self._private:
+            return
+        self._private = None
+        spans = []
+        for slot, spec in self.specs.items():
+            start = found.get(slot)
+            if start is None:
+                flat, base = env[slot]
+                start = flat.ctypes.data + base * flat.itemsize
+            spans.append((start, start + spec._extent * spec.meta.dtype.itemsize, slot))
+        for slot in self.updated:
+            spec = self.specs[slot]
+            if not env[slot][0].flags.writeable:
+                raise AliasError(
+                    f"argument %{spec.name} is updated in place but is read-only",
+                    op=spec.name,
+                    hint="pass a writable tensor",
+                )
+        for low, high, slot in spans:
+            if slot not in self.updated:
+                continue
+            for other_low, other_high, other in spans:
+                if other != slot and low < other_high and other_low < high:
+                    name = self.specs[slot].name
+                    raise AliasError(
+                        f"argument %{name} is updated in place but shares memory "
+                        f"with argument %{self.specs[other].name}",
+                        op=name,
+                        hint="pass a copy (.clone()) of the tensor that views the other",
+                    )
+        self._private = addresses
 
     def _argument(self, slot: int, spec: ArgSpec, flat: np.ndarray, base: int) -> int:
         np_dtype = spec.np_dtype

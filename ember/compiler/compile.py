@@ -70,20 +70,25 @@ Program = Callable[[Sequence[Tensor], Mapping[str, Tensor]], list[Tensor]]
 CACHE_LIMIT = 16
 
 
-def _interpret_backend(graph: Graph) -> Program:
+def _interpret_backend(
+    graph: Graph, donate: Mapping[int, str] | None = None
+) -> Program:
+    # The interpreter returns every output: nothing is written in place.
     return functools.partial(interpret, graph)
 
 
-def _llvm_backend(graph: Graph) -> Program:
+def _llvm_backend(graph: Graph, donate: Mapping[int, str] | None = None) -> Program:
     # Imported on first use: the native stack loads llvmlite, which plain
     # ``import ember`` never does.
     from ember.compiler.backends import compile_llvm
 
-    return compile_llvm(graph)
+    return compile_llvm(graph, donate)
 
 
-#: Backend name -> builder of a program from a traced graph.
-BACKENDS: dict[str, Callable[[Graph], Program]] = {
+#: Backend name -> builder of a program from a traced graph and, optionally, the
+#: outputs it may write over a parameter or buffer in place (by index: the
+#: argument's qualified name; see :func:`ember.compiler.program.build_program`).
+BACKENDS: dict[str, Callable[..., Program]] = {
     "interpret": _interpret_backend,
     "llvm": _llvm_backend,
 }

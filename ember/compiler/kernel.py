@@ -30,7 +30,7 @@ name). Strided, transposed, sliced and expanded (stride 0) inputs are read in pl
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ember.errors import LoweringError
 from ember.ir import dtypes, layout
@@ -56,6 +56,7 @@ __all__ = [
     "reduction_domain",
     "float32",
     "float64",
+    "in_place",
 ]
 
 #: Unary and binary ops of the registry the backend lowers, by their dtype rule.
@@ -75,6 +76,10 @@ ARITY = {
 #: Ops that reject bool operands, as the registry does.
 NO_BOOL_OPS = frozenset(["neg", "sub", "pow", "relu"])
 REDUCE_KINDS = ("sum", "max", "min")
+#: Buffer roles, and those a kernel may load from and store to.
+ROLES = ("in", "out", "inout")
+READ_ROLES = frozenset(["in", "inout"])
+WRITE_ROLES = frozenset(["out", "inout"])
 
 
 # Expressions ---------------------------------------------------------------------------
@@ -171,11 +176,19 @@ class Reduce:
 @dataclass(frozen=True)
 class Store:
     """Write ``value`` to output ``buffer``: densely, once per outer point, or at
-    every inner point too when ``inner`` is true."""
+    every inner point too when ``inner`` is true.
+
+    An inner store writes element ``sum(i_k * strides[k])`` of the output at domain
+    point ``i``, with ``strides`` one per domain axis, a permutation of the output's
+    dense strides: a reduction over leading dims stores full-shape values in the
+    output's own order, not in the domain's (kept dims first). None means dense in
+    domain order.
+    """
 
     buffer: str
     value: Expr
     inner: bool = False
+    strides: Strides | None = None
 
 
 Stage = Reduce | Store
@@ -190,6 +203,8 @@ class Buffer:
 
     ``strides`` and ``offset`` are in elements. Inputs may have any non-negative
     strides (0 for an expanded dim); outputs (``role="out"``) are dense row-major.
+    An ``inout`` buffer (see :func:`in_place`) is dense, read and then written at the
+    same element by every point: a kernel that updates its argument in place.
     """
 
     name: str
@@ -252,11 +267,13 @@ class LoopKernel:
 
     @property
     def inputs(self) -> tuple[Buffer, ...]:
-        return tuple(b for b in self.buffers if b.role == "in")
+        """The buffers the kernel reads (``inout`` ones too)."""
+        return tuple(b for b in self.buffers if b.role in READ_ROLES)
 
     @property
     def outputs(self) -> tuple[Buffer, ...]:
-        return tuple(b for b in self.buffers if b.role == "out")
+        """The buffers the kernel writes (``inout`` ones too)."""
+        return tuple(b for b in self.buffers if b.role in WRITE_ROLES)
 
     def buffer(self, name: str) -> Buffer:
         """The buffer called ``name``."""
@@ -454,6 +471,109 @@ def verify(kernel: LoopKernel) -> None:
         raise LoweringError(
             f"kernel {kernel.name}: outputs never stored: {sorted(missing)}"
         )
+    if any(b.role == "inout" for b in kernel.buffers):
+        _verify_in_place(kernel)
+
+
+def _verify_in_place(kernel: LoopKernel) -> None:
+    """An ``inout`` buffer is read only at the element the same point writes, and
+    never after that point's store of it: each point then reads the old value of
+    its own element, whatever order the points run in."""
+    if kernel.inner:
+        raise LoweringError(
+            f"kernel {kernel.name}: an inout buffer needs a kernel without inner axes"
+        )
+    varying = [k for k, n in enumerate(kernel.outer) if n > 1]
+    dense = layout.contiguous_strides(kernel.outer)
+    dense = tuple(dense[k] for k in varying)
+    written: set[str] = set()
+    for stage in kernel.stages:
+        for node in stage.value.walk():
+            if not isinstance(node, Load):
+                continue
+            if node.buffer in written:
+                raise LoweringError(
+                    f"kernel {kernel.name}: inout buffer {node.buffer} is read after "
+                    "it is stored"
+                )
+            role = kernel._by_name[node.buffer].role
+            strides = tuple(node.strides[k] for k in varying)
+            if role == "inout" and strides != dense:
+                raise LoweringError(
+                    f"kernel {kernel.name}: inout buffer {node.buffer} is read at "
+                    "another element than the one written",
+                    expected=dense,
+                    actual=strides,
+                )
+        if isinstance(stage, Store) and kernel._by_name[stage.buffer].role == "inout":
+            written.add(stage.buffer)
+
+
+def in_place(kernel: LoopKernel, output: str, source: str) -> LoopKernel:
+    """``kernel`` storing ``output`` into input ``source`` instead: ``source``
+    becomes an ``inout`` buffer and ``output`` goes.
+
+    The stores are reordered so that every inout buffer is stored after the last
+    load of it, when such an order exists. LoweringError when the kernel cannot
+    update ``source`` in place (see :func:`_verify_in_place`): the caller then
+    keeps the separate output.
+    """
+    out, src = kernel.buffer(output), kernel.buffer(source)
+    if out.role != "out" or src.role != "in":
+        raise LoweringError(
+            f"kernel {kernel.name}: {output} must be an output and {source} an input"
+        )
+    if (out.dtype, out.numel) != (src.dtype, src.numel) or src.offset:
+        raise LoweringError(
+            f"kernel {kernel.name}: {source} cannot hold {output}",
+            expected=out.describe(),
+            actual=src.describe(),
+        )
+    buffers = tuple(
+        replace(src, shape=out.shape, strides=out.strides, role="inout")
+        if b is src
+        else b
+        for b in kernel.buffers
+        if b is not out
+    )
+    stages = [
+        Store(source, s.value, s.inner)
+        if isinstance(s, Store) and s.buffer == output
+        else s
+        for s in kernel.stages
+    ]
+    if not layout.is_contiguous(src.shape, src.strides):
+        raise LoweringError(f"kernel {kernel.name}: {source} is not dense")
+    return LoopKernel(
+        kernel.name,
+        buffers,
+        kernel.outer,
+        kernel.inner,
+        _stores_last(stages, {b.name for b in buffers if b.role == "inout"}),
+    )
+
+
+def _stores_last(stages: list[Stage], inout: set[str]) -> tuple[Stage, ...]:
+    """``stages`` with each store of an inout buffer after every load of it, keeping
+    the order otherwise (a store reads nothing another store writes, except
+    through inout buffers)."""
+    early = [s for s in stages if not (isinstance(s, Store) and s.buffer in inout)]
+    pending = [s for s in stages if isinstance(s, Store) and s.buffer in inout]
+    late: list[Stage] = []
+    while pending:
+        for stage in pending:
+            others = [s for s in pending if s is not stage]
+            read = {
+                n.buffer for o in others for n in o.value.walk() if isinstance(n, Load)
+            }
+            if stage.buffer not in read:
+                late.append(stage)
+                pending.remove(stage)
+                break
+        else:  # a cycle: the verifier names it
+            late.extend(pending)
+            break
+    return tuple(early + late)
 
 
 def _verify_buffers(kernel: LoopKernel) -> None:
@@ -464,9 +584,9 @@ def _verify_buffers(kernel: LoopKernel) -> None:
             f"kernel {kernel.name}: negative loop extent {kernel.domain}"
         )
     for buf in kernel.buffers:
-        if buf.role not in ("in", "out"):
+        if buf.role not in ROLES:
             raise LoweringError(
-                f"buffer {buf.name}: role must be 'in' or 'out'", actual=buf.role
+                f"buffer {buf.name}: role must be one of {ROLES}", actual=buf.role
             )
         if len(buf.strides) != len(buf.shape) or min(buf.strides, default=0) < 0:
             raise LoweringError(
@@ -475,7 +595,7 @@ def _verify_buffers(kernel: LoopKernel) -> None:
             )
         if buf.offset < 0:
             raise LoweringError(f"buffer {buf.name}: negative offset {buf.offset}")
-        if buf.role == "out" and not layout.is_contiguous(buf.shape, buf.strides):
+        if buf.role != "in" and not layout.is_contiguous(buf.shape, buf.strides):
             raise LoweringError(
                 f"output {buf.name} is not dense: strides {buf.strides}",
                 expected=layout.contiguous_strides(buf.shape),
@@ -490,7 +610,7 @@ def _verify_node(
     """Check one expression node; ``inner`` says whether it runs at inner points."""
     if isinstance(node, Load):
         buf = kernel._by_name.get(node.buffer)
-        if buf is None or buf.role != "in" or buf.dtype is not node.dtype:
+        if buf is None or buf.role not in READ_ROLES or buf.dtype is not node.dtype:
             raise LoweringError(
                 f"load of {node.buffer}: no input buffer of dtype "
                 f"{node.dtype.name} has that name"
@@ -535,7 +655,7 @@ def _verify_node(
 
 def _verify_store(kernel: LoopKernel, stage: Store, stored: set[str]) -> None:
     buf = kernel._by_name.get(stage.buffer)
-    if buf is None or buf.role != "out":
+    if buf is None or buf.role not in WRITE_ROLES:
         raise LoweringError(f"store to {stage.buffer}: no output buffer has that name")
     if stage.buffer in stored:
         raise LoweringError(f"output {stage.buffer} is stored twice")
@@ -554,6 +674,31 @@ def _verify_store(kernel: LoopKernel, stage: Store, stored: set[str]) -> None:
             f"the output {buf.dtype.name}",
             hint="cast the value",
         )
+    if stage.strides is not None:
+        _verify_store_strides(kernel, stage)
+
+
+def _verify_store_strides(kernel: LoopKernel, stage: Store) -> None:
+    """Explicit store strides write every element of the output exactly once: an
+    inner store whose strides, ordered, are the dense strides of the domain's
+    extents (size-1 axes aside)."""
+    strides = stage.strides or ()
+    walked = sorted((s, n) for n, s in zip(kernel.domain, strides) if n != 1)
+    fits = stage.inner and len(strides) == len(kernel.domain)
+    empty = layout.numel(kernel.domain) == 0  # writes nothing
+    dense = 1
+    for stride, extent in walked:
+        fits = fits and (stride == dense or empty)
+        dense *= extent
+    if fits and min(strides, default=0) >= 0:
+        return
+    raise LoweringError(
+        f"store to {stage.buffer}: strides {strides} do not write each element of "
+        f"the output once over the domain {kernel.domain}",
+        expected="an inner store, one stride per domain axis, a permutation of the "
+        "dense strides",
+        actual=strides,
+    )
 
 
 # Rewriting ---------------------------------------------------------------------------
@@ -582,18 +727,20 @@ def restride(
         if isinstance(stage, Reduce):
             stages.append(Reduce(stage.name, stage.kind, value))
         else:
-            stages.append(Store(stage.buffer, value, stage.inner))
+            strides = None if stage.strides is None else fn(stage.strides)
+            stages.append(Store(stage.buffer, value, stage.inner, strides))
     return LoopKernel(kernel.name, kernel.buffers, outer, inner, tuple(stages))
 
 
 def coalesce(kernel: LoopKernel) -> LoopKernel:
     """Merge neighbouring loop axes that every load walks as one (and drop size-1 axes).
 
-    Axes ``k`` and ``k+1`` of the same group (outer or inner) merge when each load has
-    ``stride[k] == stride[k+1] * extent[k+1]``; outputs are dense, so their index is
-    unchanged. Fewer, longer loops vectorize better and split evenly across threads.
+    Axes ``k`` and ``k+1`` of the same group (outer or inner) merge when each load, and
+    each store with explicit strides, has ``stride[k] == stride[k+1] * extent[k+1]``;
+    other stores write densely, so their index is unchanged. Fewer, longer loops vectorize better and split evenly across threads.
     """
-    loads = [n for n in kernel.expressions() if isinstance(n, Load)]
+    walks = [n.strides for n in kernel.expressions() if isinstance(n, Load)]
+    walks += [s.strides for s in kernel.stages if isinstance(s, Store) and s.strides]
     n_outer = len(kernel.outer)
     groups = [list(range(n_outer)), list(range(n_outer, len(kernel.domain)))]
     merged: list[list[list[int]]] = []  # per group: runs of original axes
@@ -603,8 +750,7 @@ def coalesce(kernel: LoopKernel) -> LoopKernel:
             if kernel.domain[axis] == 1:
                 continue
             if runs and all(
-                ld.strides[runs[-1][-1]] == ld.strides[axis] * kernel.domain[axis]
-                for ld in loads
+                walk[runs[-1][-1]] == walk[axis] * kernel.domain[axis] for walk in walks
             ):
                 runs[-1].append(axis)
             else:
@@ -647,8 +793,11 @@ def format_kernel(kernel: LoopKernel) -> str:
             over = f" for {inner_loops}" if inner_loops else ""
             lines.append(f"{indent}{stage.name} = {stage.kind}{over}: {value}")
         elif stage.inner and inner_loops:
+            index = full_index
+            if stage.strides is not None:
+                index = _affine(axes, stage.strides, 0)
             lines.append(
-                f"{indent}for {inner_loops}: {stage.buffer}[{full_index}] = {value}"
+                f"{indent}for {inner_loops}: {stage.buffer}[{index}] = {value}"
             )
         else:
             index = full_index if stage.inner else outer_index

@@ -4,7 +4,8 @@ A pointwise group loops over its output shape. A reduction group puts the kept d
 outside and the reduced dims inside; each reduction becomes one :class:`Reduce`
 stage (one sweep of the inner loops), values of the reduced shape are computed once
 per outer point from the finished accumulators, and full-shape results are stored by
-an inner sweep placed right after the last reduction they read. A matmul group
+an inner sweep placed right after the last reduction they read, in the result's own
+row-major order (store strides, when the reduced dims are not the last ones). A matmul group
 becomes either a generated kernel (outer = the product's dims, inner = the shared
 dim) with its epilogue applied before the store, when it is small and has an
 epilogue (:data:`BLAS_MIN_FLOPS`), or a BLAS call into a scratch product followed by
@@ -41,7 +42,7 @@ from ember.compiler.fusion import (
 )
 from ember.compiler.passes.base import meta_of
 from ember.errors import LoweringError
-from ember.ir import dtypes
+from ember.ir import dtypes, layout
 from ember.ir.dtypes import DType
 from ember.ir.graph import Node
 from ember.ir.layout import Shape, Strides
@@ -295,7 +296,9 @@ def _lower_loops(group: FusionGroup, outputs: Sequence[Node]) -> LoweredKernel:
         builder.exprs[id(node)] = value
         if id(node) in names:
             sweep = bool(inner) and not reduction and meta_of(node).shape == domain
-            stores.append((level[id(node)], K.Store(names[id(node)], value, sweep)))
+            strides = _own_order(domain, order) if sweep else None
+            store = K.Store(names[id(node)], value, sweep, strides)
+            stores.append((level[id(node)], store))
     out_buffers = [
         K.Buffer.dense(names[id(n)], meta_of(n).dtype, meta_of(n).shape)
         for n in outputs
@@ -309,6 +312,17 @@ def _lower_loops(group: FusionGroup, outputs: Sequence[Node]) -> LoweredKernel:
     )
     bindings = builder.bindings + [Binding(b, n) for b, n in zip(out_buffers, outputs)]
     return LoweredKernel(kernel, bindings)
+
+
+def _own_order(domain: Shape, order: Sequence[int]) -> Strides | None:
+    """Store strides that write a full-shape value in its own dense order from a
+    domain whose axes run in ``order`` (kept dims first), or None when that is the
+    domain order already (the reduced dims are the last ones)."""
+    moved = [axis for axis in order if domain[axis] != 1]
+    if moved == sorted(moved):
+        return None
+    dense = layout.contiguous_strides(domain)
+    return tuple(dense[axis] for axis in order)
 
 
 def _reduce_stage(builder: _Builder, node: Node, reduces: list[K.Reduce]) -> K.Expr:

@@ -26,6 +26,7 @@ import abc
 import logging
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,9 @@ from ember.runtime.tensor import Storage as _TensorStorage
 from ember.runtime.tensor import Tensor as _Tensor
 
 logger = logging.getLogger(__name__)
+
+#: How many earlier results per result slot a call may write again.
+RECYCLED = 2
 
 #: Byte alignment of every planned buffer (a cache line, and a full AVX-512 vector).
 ALIGNMENT = 64
@@ -295,8 +299,12 @@ class Program:
         steps: Sequence[Step],
         slot_count: int,
         arg_slots: Sequence[int],
+        donated: Mapping[int, int] | None = None,
     ) -> None:
         self.args = tuple(args)
+        #: Results written over an argument in place, by index: their argument's
+        #: slot. :meth:`run_fresh_arrays` hands back None for them.
+        self.donated = dict(donated or {})
         self.steps = tuple(steps)
         self.results = tuple(results)
         self._arg_slots = tuple(arg_slots)
@@ -316,41 +324,55 @@ class Program:
         ]
         self._result_layouts = [_fixed_layout(r, fresh) for r in self.results]
         # The common case: every result in a fresh array of its own at a layout
-        # fixed per program, so a call only wraps each array in a tensor.
-        slots = [r.operand.slot for r in self.results]
-        fixed = [layout for layout in self._result_layouts if layout is not None]
-        self._simple_results = (
-            list(zip(slots, fixed))
-            if len(fixed) == len(slots) == len(set(slots))
-            else None
-        )
+        # fixed per program (or written over an argument), so a call only wraps
+        # each array in a tensor.
+        kept = [k for k in range(len(self.results)) if k not in self.donated]
+        slots = [self.results[k].operand.slot for k in kept]
+        fixed = [self._result_layouts[k] for k in kept]
+        self._simple_results: list[tuple[int, TensorMeta] | None] | None = None
+        if None not in fixed and len(set(slots)) == len(slots):
+            simple: dict[int, tuple[int, TensorMeta]] = {
+                k: (slot, layout)
+                for k, slot, layout in zip(kept, slots, fixed)
+                if layout is not None
+            }
+            self._simple_results = [simple.get(k) for k in range(len(self.results))]
         self._arg_positions = {slot: i for i, slot in enumerate(self._arg_slots)}
         self._input_count = sum(a.kind == "input" for a in self.args)
         self._targets = [None if a.kind == "input" else a.target for a in self.args]
-        self._boundary = Boundary(self.args, self._arg_slots, fresh, self.plan)
+        self._boundary = Boundary(
+            self.args, self._arg_slots, fresh, self.plan, set(self.donated.values())
+        )
         self._schedule = sequenced(
             [self._boundary.prepare(step, env) for step in self.steps]
         )
+        self._resident = _Resident.of(self._schedule)
         # The planned buffers are shared by every call: calls from several threads
         # take turns rather than overwrite each other's intermediates.
         self._lock = threading.Lock()
-        self._recycled: dict[int, np.ndarray] = {}
+        # Per fresh slot: up to RECYCLED arrays a later call may write again, each
+        # with the address of its first element.
+        self._recycled: dict[int, list[tuple[np.ndarray, int]]] = {
+            slot: [] for slot, _, _ in self._fresh
+        }
         self._fresh_addresses: dict[int, int] = {}
         # Per argument: the last ember tensor's storage, meta, checked storage and
         # address, when a later call may reuse them (see _remember).
-        self._seen: list[
-            tuple[_TensorStorage, TensorMeta, Storage, int | None] | None
-        ] = [None] * len(self.args)
+        self._seen: list[tuple[TensorMeta, Any, int, int | None] | None] = [None] * len(
+            self.args
+        )
 
     def __call__(
         self, inputs: Sequence[Any], params: Mapping[str, Any] | None = None
     ) -> list[Any]:
         values = self._bind(inputs, params or {})
         env = self._execute(values)
-        if self._simple_results is not None:
+        simple = self._simple_results
+        if simple is not None and not self.donated:
             return [
-                _Tensor._new(_TensorStorage(env[slot][0]), fixed, None)
-                for slot, fixed in self._simple_results
+                _Tensor._new(_TensorStorage(env[entry[0]][0]), entry[1], None)
+                for entry in simple
+                if entry is not None
             ]
         storages: dict[int, Any] = {}
         results = []
@@ -387,14 +409,16 @@ class Program:
         return results
 
     @property
-    def result_layouts(self) -> list[TensorMeta] | None:
+    def result_layouts(self) -> list[TensorMeta | None] | None:
         """The layout of each result in its own fresh flat array, fixed for every
-        call; None when some result is not of that kind (see
-        :meth:`run_fresh_arrays`)."""
+        call (None for a result written over its argument); None when some result
+        is of neither kind (see :meth:`run_fresh_arrays`)."""
         simple = self._simple_results
-        return None if simple is None else [fixed for _, fixed in simple]
+        if simple is None:
+            return None
+        return [None if entry is None else entry[1] for entry in simple]
 
-    def run_fresh_arrays(self, values: Sequence[Any]) -> list[np.ndarray]:
+    def run_fresh_arrays(self, values: Sequence[Any]) -> list[np.ndarray | None]:
         """Run on positional arguments (as :meth:`run_arrays`) and return the flat
         array each result lives in, at the layout :attr:`result_layouts` gives;
         only for programs that have those layouts.
@@ -405,7 +429,10 @@ class Program:
         """
         assert self._simple_results is not None
         env = self._execute(values)
-        return [env[slot][0] for slot, _ in self._simple_results]
+        return [
+            None if entry is None else env[entry[0]][0]
+            for entry in self._simple_results
+        ]
 
     def run_arrays(self, *values: Any) -> list[np.ndarray]:
         """Run on positional arguments; return numpy arrays (see the class doc)."""
@@ -445,6 +472,8 @@ class Program:
                 expected=len(self.args),
                 actual=len(values),
             )
+        if self._resident is not None:
+            return self._execute_resident(values, self._resident)
         env = list(self._env)
         seen = self._seen
         known: dict[int, int] = {}
@@ -453,16 +482,13 @@ class Program:
             zip(self.args, values, self._arg_slots)
         ):
             last = seen[position]
-            if (
-                last is not None
-                and getattr(value, "_storage", None) is last[0]
-                and value._meta is last[1]
-                and last[0].data is last[2][0]
-            ):
-                env[slot] = last[2]
-                if last[3] is not None:
-                    known[slot] = last[3]
-                continue
+            if last is not None and isinstance(value, _Tensor):
+                flat = value._storage.data
+                if value._meta is last[0] and last[1]() is flat:
+                    env[slot] = (flat, last[2])
+                    if last[3] is not None:
+                        known[slot] = last[3]
+                    continue
             env[slot] = spec.check(position, value)
             missed.append(position)
         with self._lock:
@@ -480,6 +506,47 @@ class Program:
                     launch([addresses[slot] for slot in slots])
         return env  # type: ignore[return-value]
 
+    def _execute_resident(self, values: Sequence[Any], resident: _Resident) -> Any:
+        """:meth:`_execute` for a schedule of prepared launches only: each address
+        is written into the launches' pointer arrays when it differs from the
+        last call's, and the launches run without taking addresses."""
+        env = list(self._env)
+        seen = self._seen
+        last = resident.last
+        boundary = self._boundary
+        missed = False
+        with self._lock:
+            for position, (spec, value, slot) in enumerate(
+                zip(self.args, values, self._arg_slots)
+            ):
+                hit = seen[position]
+                if hit is not None and isinstance(value, _Tensor):
+                    flat = value._storage.data
+                    if value._meta is hit[0] and hit[1]() is flat:
+                        env[slot] = (flat, hit[2])
+                        address = hit[3]
+                        if address is not None and last.get(slot) != address:
+                            resident.write(slot, address)
+                        continue
+                missed = True
+                flat, base = env[slot] = spec.check(position, value)
+                address = None
+                if slot in resident.targets:
+                    address = boundary._argument(slot, spec, flat, base)
+                    if last.get(slot) != address:
+                        resident.write(slot, address)
+                self._remember(values, [position], env, {slot: address})  # type: ignore[arg-type, dict-item]
+            # Arguments all seen at the last call passed this check then.
+            if boundary.updated and (missed or boundary._private is None):
+                boundary._check_updated(env, last)  # type: ignore[arg-type]
+            self._fresh_arrays(env)
+            for slot, address in self._fresh_addresses.items():
+                if last.get(slot) != address and slot in resident.targets:
+                    resident.write(slot, address)
+            for run in resident.runs:
+                run()
+        return env
+
     def _remember(
         self,
         values: Sequence[Any],
@@ -487,54 +554,64 @@ class Program:
         env: list[Storage],
         addresses: dict[int, int],
     ) -> None:
-        """Remember the checked storage and address of each ember tensor argument
-        at ``positions`` whose flat storage is a view (what tensors hold; a flat
-        array that owns its memory is a fresh result of an earlier call, which
-        must not be kept alive or it would never be recycled).
+        """Remember the checked layout and address of each ember tensor argument
+        at ``positions``.
 
-        A later call passing a tensor with the same Storage object, the same meta
-        object and the same flat array inside that storage gets the same storage
-        and address without checking again: the meta is immutable, the flat array
-        can never move, and the checks it passed depend on nothing else. The
-        table keeps those storages alive until another tensor takes the place.
+        A later call passing a tensor with the same meta object over the same flat
+        array gets the same storage and address without checking again: the meta
+        is immutable, the flat array can never move, and the checks it passed
+        depend on nothing else. The table holds the flat array by weak reference
+        only: keeping it alive would keep a result of another program (fed back
+        as an argument) from being recycled.
         """
         for position in positions:
             value = values[position]
             slot = self._arg_slots[position]
-            storage = getattr(value, "_storage", None)
-            if type(value) is not _Tensor or storage is None:
+            if (
+                not isinstance(value, _Tensor)
+                or value._storage.data is not env[slot][0]
+            ):
                 self._seen[position] = None
                 continue
-            flat = env[slot][0]
-            if flat.base is None or storage.data is not flat:
-                self._seen[position] = None
-                continue
+            flat, base = env[slot]
             self._seen[position] = (
-                storage,
                 value._meta,
-                env[slot],
+                weakref.ref(flat),
+                base,
                 addresses.get(slot),
             )
 
     def _fresh_arrays(self, env: list[Any]) -> None:
-        """Put in ``env`` the array each result is written to: last call's when
-        nobody holds it any more, else a new one.
+        """Put in ``env`` the array each result is written to: one of an earlier
+        call's when nobody holds it any more, else a new one.
 
         A result is returned in a new array on every call, so a tensor the caller
         keeps is never overwritten. Allocating that array costs page faults (about
         1.7 µs per 4 KiB here), so an array whose tensors, views and numpy views are
-        all gone is written again instead: this table's reference, the local name and
-        the argument of ``getrefcount`` are then the only three left.
+        all gone is written again instead: the pool's reference, the loop's name and
+        the argument of ``getrefcount`` are then the only three left. Each slot
+        keeps the arrays of its last ``RECYCLED`` calls, so a result the caller drops
+        only after the next call (a parameter's ``.grad``, replaced once the step
+        has run) is recycled too.
         """
         recycled = self._recycled
+        addresses = self._fresh_addresses
         refcount = sys.getrefcount
         for slot, numel, np_dtype in self._fresh:
-            array = recycled.get(slot)
-            if array is None or refcount(array) > 3:
+            pool = recycled[slot]
+            for entry in reversed(pool):  # the newest first: it is likely cached
+                array = entry[0]
+                if refcount(array) == 3:
+                    addresses[slot] = entry[1]
+                    break
+            else:
                 array = np.empty(numel, np_dtype)
-                recycled[slot] = array
-                # The table keeps the array alive, so its address stays valid.
-                self._fresh_addresses[slot] = first_address(array)
+                # The pool keeps the array alive, so its address stays valid.
+                entry = (array, first_address(array))
+                if len(pool) >= RECYCLED:
+                    pool.pop(0)
+                pool.append(entry)
+                addresses[slot] = entry[1]
             env[slot] = (array, 0)
 
     @property
@@ -567,6 +644,37 @@ class Program:
         ]
         lines.extend(f"  {step.describe()}" for step in self.steps)
         return "\n".join(lines)
+
+
+class _Resident:
+    """How a program whose schedule is prepared launches only runs: ``targets``
+    maps each slot the launches take by address to the pointer-array entries
+    that hold it, ``last`` the address written there last, ``runs`` the launches
+    in order."""
+
+    def __init__(
+        self, targets: dict[int, list[tuple[Any, int, int]]], runs: list[Any]
+    ) -> None:
+        self.targets = targets
+        self.runs = runs
+        self.last: dict[int, int] = {}
+
+    @staticmethod
+    def of(schedule: Sequence[tuple[Any, ...]]) -> _Resident | None:
+        targets: dict[int, list[tuple[Any, int, int]]] = {}
+        runs = []
+        for _, launch, slots in schedule:
+            if launch is None:
+                return None
+            for slot, target in zip(slots, launch.targets, strict=True):
+                targets.setdefault(slot, []).append(target)
+            runs.append(launch.run)
+        return _Resident(targets, runs)
+
+    def write(self, slot: int, address: int) -> None:
+        for args, position, delta in self.targets[slot]:
+            args[position] = address + delta
+        self.last[slot] = address
 
 
 def _fixed_layout(
@@ -733,23 +841,38 @@ class _SlotTable:
 
 
 def build_program(
-    fused: Any, lowered: Sequence[Any], compile_kernel: KernelCompiler
+    fused: Any,
+    lowered: Sequence[Any],
+    compile_kernel: KernelCompiler,
+    donate: Mapping[int, str] | None = None,
 ) -> Program:
     """Assemble a :class:`Program` from a fused graph and its lowered groups.
 
     ``compile_kernel`` turns each LoopKernel into a launcher (the codegen layer).
+    ``donate`` maps graph outputs (by index) to the parameter or buffer (by
+    qualified name) whose new value they are: where the kernel computing such an
+    output can write it over the argument in place (:func:`plan_donations`), the
+    program does so and hands back None for that output instead of a fresh array
+    (see :attr:`Program.donated`).
     """
     from ember.compiler.fusion import view_root
 
     graph = fused.graph
     outputs = graph.outputs
+    lowered, donations = plan_donations(graph, list(lowered), donate or {})
     table = _SlotTable(graph, {id(view_root(v)) for v in outputs})
+    for donation in donations:
+        table.slots[id(donation.value)] = table.slots[id(donation.arg)]
+    by_group: dict[int, list[Donation]] = {}
+    for donation in donations:
+        by_group.setdefault(id(donation.group), []).append(donation)
     steps: list[Step] = []
     for group in lowered:
         if group.matmul is not None:
             steps.extend(_matmul_steps(group, table, compile_kernel))
         else:
-            steps.append(_kernel_step(group.kernel, table, compile_kernel))
+            donated = by_group.get(id(group), [])
+            steps.append(_kernel_step(group.kernel, table, compile_kernel, donated))
     results = [
         ResultSpec(table.operand(v), view_root(v).kind == "const") for v in outputs
     ]
@@ -765,18 +888,151 @@ def build_program(
         steps,
         len(table.slots),
         [table.slots[id(node)] for node in table.args],
+        donated={d.output: table.slots[id(d.arg)] for d in donations},
     )
 
 
+@dataclass(frozen=True)
+class Donation:
+    """Output ``output`` (graph value ``value``) written over the argument node
+    ``arg`` by the kernel of ``group``, whose buffers ``out`` and ``source`` hold
+    them before the kernel is made to update ``source`` in place."""
+
+    output: int
+    value: Any
+    arg: Any
+    group: Any
+    out: str
+    source: str
+
+
+def plan_donations(
+    graph: Any, lowered: list[Any], donate: Mapping[int, str]
+) -> tuple[list[Any], list[Donation]]:
+    """Which outputs of ``donate`` a kernel can write over their argument, and the
+    schedule (``lowered`` with some groups moved later) that allows it.
+
+    Output ``k`` is written over argument ``A`` in place when it is computed by a
+    pointwise kernel (not a view, a constant or a matmul product) that reads ``A``
+    itself at the element it writes (:func:`~ember.compiler.kernel.in_place`),
+    has ``A``'s layout, dense from offset 0, is no other output, and every other
+    group reading ``A`` runs before that kernel. When a reader runs after it, the
+    kernel moves to just after the last reader, provided no group in between
+    reads what the kernel writes. The other outputs stay fresh arrays.
+    """
+    from ember.compiler import kernel as K
+    from ember.compiler.fusion import view_root
+    from ember.errors import LoweringError
+
+    if not donate:
+        return lowered, []
+    outputs = graph.outputs
+    args = {
+        node.target: node
+        for node in graph.nodes
+        if node.kind in ("param", "buffer") and node.target
+    }
+    reads: dict[int, set[int]] = {}  # per group: the roots of the values it reads
+    writes: dict[int, set[int]] = {}  # per group: the values it writes
+    producer: dict[int, tuple[Any, Any]] = {}  # value: (kernel group, out binding)
+    for group in lowered:
+        read, written = reads.setdefault(id(group), set()), set()
+        parts = [group.kernel] if group.kernel is not None else []
+        if group.matmul is not None:
+            read.update(id(view_root(v)) for v in group.matmul.operands)
+            written.add(id(group.matmul.product))
+            if group.matmul.epilogue is not None:
+                parts.append(group.matmul.epilogue)
+        for lowered_kernel in parts:
+            for binding in lowered_kernel.bindings:
+                if binding.buffer.role == "in":
+                    read.add(id(view_root(binding.value)))
+                    continue
+                written.add(id(binding.value))
+                if lowered_kernel is group.kernel:
+                    producer[id(binding.value)] = (group, binding)
+        writes[id(group)] = written
+    candidates = []
+    kernels: dict[int, Any] = {}
+    for index, target in sorted(donate.items()):
+        value, arg = outputs[index], args.get(target)
+        found = producer.get(id(value))
+        if arg is None or found is None or sum(v is value for v in outputs) != 1:
+            continue
+        meta, want = value.meta, arg.meta
+        if meta != want or want.offset != 0 or not want.is_contiguous():
+            continue
+        group, out = found
+        sources = [
+            b
+            for b in group.kernel.bindings
+            if b.buffer.role == "in" and view_root(b.value) is arg
+        ]
+        if len(sources) != 1 or sources[0].value is not arg:
+            continue
+        source = sources[0].buffer.name
+        try:
+            kernel = kernels.get(id(group), group.kernel.kernel)
+            kernels[id(group)] = K.in_place(kernel, out.buffer.name, source)
+        except LoweringError as error:
+            logger.debug("output %d stays a fresh array: %s", index, error.message)
+            continue
+        candidates.append(Donation(index, value, arg, group, out.buffer.name, source))
+
+    def readers_from(donation: Donation, order: list[Any], at: int) -> list[int]:
+        return [
+            k
+            for k in range(at, len(order))
+            if order[k] is not donation.group
+            and id(donation.arg) in reads[id(order[k])]
+        ]
+
+    order = list(lowered)
+    for _ in range(len(order)):
+        moved = False
+        for donation in candidates:
+            at = order.index(donation.group)
+            late = readers_from(donation, order, at)
+            if not late:
+                continue
+            last = late[-1]
+            made = writes[id(donation.group)]
+            if any(made & reads[id(g)] for g in order[at + 1 : last + 1]):
+                continue
+            order.insert(last, order.pop(at))
+            moved = True
+        if not moved:
+            break
+    donations = []
+    for donation in candidates:
+        if readers_from(donation, order, order.index(donation.group)):
+            logger.debug(
+                "output %d stays a fresh array: %s is read after its kernel",
+                donation.output,
+                donation.arg.target,
+            )
+        else:
+            donations.append(donation)
+    return order, donations
+
+
 def _kernel_step(
-    lowered: Any, table: _SlotTable, compile_kernel: KernelCompiler
+    lowered: Any,
+    table: _SlotTable,
+    compile_kernel: KernelCompiler,
+    donations: Sequence[Donation] = (),
 ) -> Step:
+    from ember.compiler import kernel as K
+
     kernel = lowered.kernel
+    for donation in donations:
+        kernel = K.in_place(kernel, donation.out, donation.source)
     reads, writes = [], []
     for binding in lowered.bindings:
-        if binding.buffer.role == "in":
+        name = binding.buffer.name
+        if name in kernel._by_name and kernel.buffer(name).role != "out":
             reads.append(table.operand(binding.value))
-        else:
+        elif name in kernel._by_name:
             table.computed(binding.value)
             writes.append(table.operand(binding.value))
     return KernelStep(compile_kernel(kernel), reads, writes)

@@ -63,6 +63,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from operator import is_
 from typing import Any
 
 import numpy as np
@@ -80,7 +81,7 @@ from ember.compiler.trace import (
     model_name,
     unflatten,
 )
-from ember.errors import EmberError, TraceError, UnsupportedError
+from ember.errors import AliasError, EmberError, TraceError, UnsupportedError
 from ember.ir import dispatch, dtypes
 from ember.ir import functions as F
 from ember.ir.graph import Graph, Node
@@ -211,6 +212,147 @@ def _gather(optimizers: list[Any], names: dict[int, str]) -> _State:
                         numbers.append((entries, entry, label))
                         key.append((label, type(value)))
     return _State(tensors, numbers, params, tuple(key), tuple(grad_key))
+
+
+class _Guard:
+    """Whether the optimizers still hold what a :class:`_State` was gathered from:
+    the same groups with the same options and parameters, each parameter with the
+    same meta, ``requires_grad`` and presence of a gradient, the same state tensors
+    (with the same metas) and numbers of the same types. While it holds, that
+    state serves the next call as it is, at a fraction of :func:`_gather`'s cost;
+    identity implies equality, so a failed check only means gathering again."""
+
+    def __init__(self, optimizers: list[Any], state: _State) -> None:
+        self.tables = [(opt, opt.param_groups, opt.state) for opt in optimizers]
+        self.groups = []
+        self.params = []
+        self.entries = []
+        for opt in optimizers:
+            for group in opt.param_groups:
+                params = group["params"]
+                options = [
+                    (k, v)
+                    for k, v in group.items()
+                    if k not in ("params", "param_names")
+                ]
+                self.groups.append((group, len(group), options, params, tuple(params)))
+                for param in params:
+                    grad_none = param.grad is None
+                    self.params.append(
+                        (param, param._meta, param.requires_grad, grad_none)
+                    )
+                    entries = opt.state.get(param)
+                    items = [
+                        (k, v, v._meta if isinstance(v, Tensor) else type(v))
+                        for k, v in (entries or {}).items()
+                    ]
+                    self.entries.append((opt.state, param, entries, len(items), items))
+        self.state = state
+
+    def holds(self) -> bool:
+        for opt, groups, table in self.tables:
+            if opt.param_groups is not groups or opt.state is not table:
+                return False
+        for group, size, options, params, members in self.groups:
+            if len(group) != size or group["params"] is not params:
+                return False
+            if len(params) != len(members) or not all(map(is_, params, members)):
+                return False
+            for key, value in options:
+                now = group[key]
+                if now is not value and not (type(now) is type(value) and now == value):
+                    return False
+        for param, meta, requires_grad, grad_none in self.params:
+            if (
+                param._meta is not meta
+                or param.requires_grad is not requires_grad
+                or (param.grad is None) is not grad_none
+            ):
+                return False
+        for table, param, entries, size, items in self.entries:
+            now_entries = table.get(param)
+            if now_entries is not entries:
+                return False
+            if entries is None:
+                continue
+            if len(entries) != size:
+                return False
+            for key, value, kind in items:
+                now = entries[key]
+                if type(kind) is type:
+                    if type(now) is not kind:
+                        return False
+                elif now is not value or now._meta is not kind:
+                    return False
+        return True
+
+
+class _Lean:
+    """The steady state of a compiled step: the same program, the same optimizer
+    state (checked by a :class:`_Guard`) and arguments of the same layouts as the
+    call it was made after. :meth:`run` returns ``_MISS`` when any of that
+    changed; the caller then takes the general path."""
+
+    def __init__(
+        self,
+        entry: _StepProgram,
+        direct: _Direct,
+        state: _State,
+        guard: _Guard,
+        args: Sequence[Tensor],
+    ) -> None:
+        self.entry = entry
+        self.direct = direct
+        self.state = state
+        self.guard = guard
+        self.metas = [a._meta for a in args]
+        self.layouts = [(m.shape, m.dtype, m.strides) for m in self.metas]
+        self.count = len(args)
+        self.targets = [state.tensors[t] for t in direct.targets]
+        self.bumped = [state.tensors[name] for name in direct.in_place]
+        self.grads = [(state.params[name], index) for name, index in entry.grads]
+        self.results = range(entry.num_results)
+
+    def run(self, args: tuple[Any, ...]) -> Any:
+        if len(args) != self.count:
+            return _MISS
+        metas = self.metas
+        for k, arg in enumerate(args):
+            if type(arg) is not Tensor:
+                return _MISS
+            meta = arg._meta
+            if meta is not metas[k]:
+                if (meta.shape, meta.dtype, meta.strides) != self.layouts[k]:
+                    return _MISS
+                metas[k] = meta
+        if not self.guard.holds():
+            return _MISS
+        state, direct, entry = self.state, self.direct, self.entry
+        values = list(args)
+        if state.numbers:
+            values += [
+                Tensor._from_array(np.array(float(d[k]))) for d, k, _ in state.numbers
+            ]
+        values += self.targets
+        if direct.writes or entry.numbers:
+            return _run_direct(entry, direct, values, state)
+        arrays = entry.program.run_fresh_arrays(values)
+        for tensor in self.bumped:
+            tensor._storage.version += 1
+        layouts: Any = direct.layouts
+        new = Tensor._new
+        for param, index in self.grads:
+            param.grad = (
+                None
+                if index is None
+                else new(_Storage(arrays[index]), layouts[index], None)
+            )
+        results = [new(_Storage(arrays[i]), layouts[i], None) for i in self.results]
+        return unflatten(entry.output_spec, results)
+
+
+#: What :meth:`_Lean.run` returns when the general path must run the call.
+_MISS: Any = object()
 
 
 # Tracing a step --------------------------------------------------------------------
@@ -358,14 +500,33 @@ class CompiledStep:
         # compares equal element by element by identity, without hashing the
         # metas in it as a dict lookup does.
         self._last: tuple[tuple[Any, ...], _StepProgram] | None = None
+        # The steady state of the last call, when it can serve the next.
+        self._lean: _Lean | None = None
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self._call(args, kwargs)
+        except AliasError as error:
+            # An argument shares memory with a tensor the program updates in
+            # place (nothing was written yet): this call runs eagerly.
+            logger.info("%s runs this call eagerly: %s", self.label, error.message)
+            self._lean = None
+            self.eager_calls += 1
+            return self.fn(*args, **kwargs)
+
+    def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if self.calls == 0:
             # The first step creates gradients and optimizer state eagerly.
             self.calls = self.eager_calls = 1
             return self.fn(*args, **kwargs)
         self.calls += 1
+        lean = self._lean
+        if lean is not None and not kwargs:
+            result = lean.run(args)
+            if result is not _MISS:
+                return result
+            self._lean = None
         state = _gather(self.optimizers, self._names)
         fast = None if kwargs else _fast_key(args, state)
         if fast is not None:
@@ -438,7 +599,11 @@ class CompiledStep:
         ):
             # A missing target takes the general path, whose binding names it.
             values = inputs + [tensors[t] for t in direct.targets]
-            return _run_direct(entry, direct, values, state)
+            result = _run_direct(entry, direct, values, state)
+            if not entry.reads_grads and all(type(a) is Tensor for a in leaves):
+                guard = _Guard(self.optimizers, state)
+                self._lean = _Lean(entry, direct, state, guard, leaves)
+            return result
         if entry.interpreted:
             # The interpreter runs eager ops: no autograd history on the results.
             with autograd.no_grad():
@@ -457,7 +622,9 @@ class CompiledStep:
             target = tensors[name]
             storage = target._storage
             whole, source = storage.data, value._storage.data
-            if flat and whole.shape == source.shape:
+            if value._storage is storage:
+                pass  # the program wrote the new value in place
+            elif flat and whole.shape == source.shape:
                 # Both fill their whole flat buffers in order: one flat copy.
                 np.copyto(whole, source)
             else:
@@ -551,7 +718,9 @@ class CompiledStep:
             numbers.append((index, len(nodes)))
             nodes.append(tracer.node_of(value))
         graph.output(nodes)
-        program = _build_program(BACKENDS, self.backend, graph)
+        # The new values of parameters and state may be written over the old.
+        donate = {count + k: name for k, name in enumerate(writes)}
+        program = _build_program(BACKENDS, self.backend, graph, donate)
         logger.debug("compiled training step %s: %d nodes", self.label, len(graph))
         reads = any(t.endswith(".grad") for t in (n.target or "" for n in graph.params))
         return _StepProgram(
@@ -577,10 +746,13 @@ class _Direct:
 
     input_count: int
     targets: tuple[str, ...]  # the parameters and buffers the program reads, in order
-    layouts: list[TensorMeta]  # each result's layout in its array
+    #: Each result's layout in its array; None for one written in place.
+    layouts: list[TensorMeta | None]
     #: For each written tensor: (its name, its result index, whether the result
     #: fills its array in row-major order, so that a flat copy may serve).
     writes: list[tuple[str, int, bool]]
+    #: The written tensors the program updates in place: nothing to copy.
+    in_place: list[str]
     #: Per written tensor, the last meta of its target found contiguous from
     #: offset 0 (metas are immutable, and an in-place step keeps a tensor's).
     dense: list[TensorMeta | None]
@@ -595,12 +767,22 @@ class _Direct:
         if sum(a.kind == "input" for a in args) != input_count:
             return None
         targets = tuple(a.target for a in args if a.kind != "input")
-        writes = []
+        writes, in_place = [], []
         for k, name in enumerate(entry.writes):
             index = entry.num_results + k
             layout = layouts[index]
+            if layout is None:
+                in_place.append(name)
+                continue
             writes.append((name, index, layout.offset == 0 and layout.is_contiguous()))
-        return _Direct(input_count, targets, layouts, writes, [None] * len(writes))
+        if any(layouts[i] is None for i in range(entry.num_results)):
+            return None
+        if any(g is not None and layouts[g] is None for _, g in entry.grads):
+            return None
+        if any(layouts[i] is None for _, i in entry.numbers):
+            return None
+        dense: list[TensorMeta | None] = [None] * len(writes)
+        return _Direct(input_count, targets, layouts, writes, in_place, dense)
 
 
 def _run_direct(
@@ -609,9 +791,11 @@ def _run_direct(
     """Run ``entry`` as :class:`_Direct` describes and hand its results back as
     :meth:`CompiledStep._run` does."""
     arrays = entry.program.run_fresh_arrays(values)
-    layouts = direct.layouts
+    layouts: Any = direct.layouts
     tensors = state.tensors
     dense = direct.dense
+    for name in direct.in_place:
+        tensors[name]._storage.version += 1
     for position, (name, index, flat) in enumerate(direct.writes):
         target = tensors[name]
         storage = target._storage
@@ -650,13 +834,15 @@ def _fills_storage(tensor: Tensor) -> bool:
     return tensor._storage.size == meta.numel and meta.is_contiguous()
 
 
-def _build_program(backends: dict[str, Any], backend: str, graph: Graph) -> Any:
+def _build_program(
+    backends: dict[str, Any], backend: str, graph: Graph, donate: dict[int, str]
+) -> Any:
     """The backend's program; the interpreter's when the backend cannot lower an op."""
     from ember.compiler.interpret import interpret
     from ember.errors import LoweringError
 
     try:
-        return backends[backend](graph)
+        return backends[backend](graph, donate)
     except LoweringError as error:
         logger.info("%s runs on the interpreter: %s", graph.name, error.message)
         return functools.partial(interpret, graph)

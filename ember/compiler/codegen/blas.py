@@ -271,6 +271,15 @@ class GemmLaunch:
         """This launch's record of a LaunchSequence table: call the entry once."""
         return self._entry, ctypes.addressof(self._args), 0, 1, 0, 0, 0
 
+    @property
+    def targets(self) -> list[tuple[Any, int, int]]:
+        """Where each address a call takes goes (see :attr:`PreparedLaunch.targets`)."""
+        return [(self._args, position, delta) for position, delta in self._variable]
+
     def __call__(self, addresses: Sequence[int]) -> None:
         self.fill(addresses)
+        self.run()
+
+    def run(self) -> None:
+        """Run on the addresses written last."""
         self._call(self._args, 0, 1)

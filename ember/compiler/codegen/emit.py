@@ -17,6 +17,9 @@ i64 extent, ptr accs)``, which writes chunk ``c``'s results to slots ``c *
 accumulators``, and ``@sym.finish(ptr args, ptr accs, i64 nparts)``, which combines
 the partial results in chunk order and runs the stores.
 
+Reductions over an axis outer in memory (column sums) run their loops interchanged,
+a row of accumulators per tile of columns: see :mod:`ember.compiler.codegen.columns`.
+
 The loop body lives in an internal function (not inlined, so each exported wrapper
 shares one copy) whose pointer parameters are ``noalias``: the caller guarantees that
 outputs overlap no other buffer, which lets the loop vectorizer run without runtime
@@ -42,7 +45,7 @@ from dataclasses import dataclass
 
 from llvmlite import ir
 
-from ember.compiler.codegen import mathlib
+from ember.compiler.codegen import columns, mathlib
 from ember.compiler.codegen.mathlib import F32, F64, I64
 from ember.compiler.kernel import (
     AccRef,
@@ -318,8 +321,12 @@ class _FunctionEmitter:
         start, stop = self._body(symbol, [I64, I64])
         outer = self.kernel.outer
         ranges = [(start, stop)] + [(_i64(0), _i64(n)) for n in outer[1:]]
-        self._plan_row_cache()
-        self.nest(ranges, lambda idx: self._outer_point(idx, ChainMap()))
+        plan = columns.column_plan(self.kernel)
+        if plan is not None:
+            columns.emit_columns(self, plan, ranges)
+        else:
+            self._plan_row_cache()
+            self.nest(ranges, lambda idx: self._outer_point(idx, ChainMap()))
         self._export(symbol, [I64, I64])
         self._export_chunks(f"{symbol}.chunks")
 
@@ -392,7 +399,10 @@ class _FunctionEmitter:
         env: ChainMap,
     ) -> None:
         self.inner_index = self._inner_linear(inner)
-        index = self.b.add(base, self.inner_index)
+        if stage.strides is None:
+            index = self.b.add(base, self.inner_index)
+        else:
+            index = self.affine(outer + inner, stage.strides)
         self._store(
             stage.buffer, index, self.value(stage.value, outer + inner, env.new_child())
         )
@@ -451,6 +461,7 @@ class _FunctionEmitter:
             ROW_CACHE_IN_OUTPUTS
             and isinstance(store, Store)
             and store.inner
+            and store.strides is None  # the slot is the row in domain order
             and store.buffer not in claimed
             and self.kernel.buffer(store.buffer).dtype is node.dtype
         ):
@@ -541,11 +552,15 @@ class _FunctionEmitter:
             return self.b.fpext(value, F64)
         return self.b.zext(value, I64) if dtype is bool_ else self.b.sext(value, I64)
 
-    def _combine(self, stage: Reduce, acc: ir.Value, value: ir.Value) -> ir.Value:
+    def _combine(
+        self, stage: Reduce, acc: ir.Value, value: ir.Value, ordered: bool = False
+    ) -> ir.Value:
+        """``acc`` combined with ``value``; float sums may be reassociated (one
+        partial sum per vector lane) unless ``ordered``."""
         dtype = stage.value.dtype
         if stage.kind == "sum":
             if dtype.is_floating_point:
-                return self.b.fadd(acc, value, flags=_REDUCE_FLAGS)
+                return self.b.fadd(acc, value, flags=() if ordered else _REDUCE_FLAGS)
             return self.b.add(acc, value)
         name = "maximum" if stage.kind == "max" else "minimum"
         if dtype.is_floating_point:
@@ -627,13 +642,18 @@ class _FunctionEmitter:
             row.stack, [self.inner_index], inbounds=True, source_etype=_REGISTER[dtype]
         )
 
-    def _load(self, expr: Load, idx: list[ir.Value]) -> ir.Value:
+    def affine(self, idx: Sequence[ir.Value], strides: Sequence[int]) -> ir.Value:
+        """``sum(idx[k] * strides[k])``: an element index at loop indices ``idx``."""
         index = _i64(0)
-        for i, stride in zip(idx, expr.strides):
+        for i, stride in zip(idx, strides):
             if stride:
                 index = self.b.add(
                     index, self.b.mul(i, _i64(stride), flags=["nsw"]), flags=["nsw"]
                 )
+        return index
+
+    def _load(self, expr: Load, idx: list[ir.Value]) -> ir.Value:
+        index = self.affine(idx, expr.strides)
         ptr = self.b.gep(
             self.pointers[expr.buffer],
             [index],

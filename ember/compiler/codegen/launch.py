@@ -223,7 +223,7 @@ class CompiledKernel:
     ) -> None:
         spans = [c.byte_span(a, storage) for c, a in zip(self._checks, arrays)]
         for k, check in enumerate(self._checks):
-            if check.buffer.role != "out":
+            if not check.is_output:
                 continue
             lo, hi = spans[k]
             for j, (other_lo, other_hi) in enumerate(spans):
@@ -261,7 +261,7 @@ class CompiledKernel:
     def _check_fixed_overlap(self, fixed: list[tuple[int, np.ndarray]]) -> None:
         spans = {k: self._checks[k].byte_span(a, True) for k, a in fixed}
         for k, (lo, hi) in spans.items():
-            if self._checks[k].buffer.role != "out":
+            if not self._checks[k].is_output:
                 continue
             for j, (other_lo, other_hi) in spans.items():
                 if j != k and lo < other_hi and other_lo < hi:
@@ -409,8 +409,19 @@ class PreparedLaunch:
             _address_of(compiled._finish),
         )
 
+    @property
+    def targets(self) -> list[tuple[Any, int, int]]:
+        """Where each address a call takes goes: (pointer array, position, byte
+        offset added), so that a caller may write them itself and :meth:`run`."""
+        return [(self._args, position, delta) for position, delta in self._variable]
+
     def __call__(self, addresses: Sequence[int]) -> None:
         self.fill(addresses)
+        self.run()
+
+    def run(self) -> None:
+        """Run on the addresses written last (by :meth:`fill` or through
+        :attr:`targets`)."""
         compiled = self.compiled
         if not compiled._runs:
             return
@@ -527,6 +538,15 @@ class LaunchSequence:
             args[position] = address + delta
         self._run(self._table, len(self.launches))
 
+    @property
+    def targets(self) -> list[tuple[Any, int, int]]:
+        """Where each address a call takes goes (see :attr:`PreparedLaunch.targets`)."""
+        return list(self._targets)
+
+    def run(self) -> None:
+        """Run on the addresses written last."""
+        self._run(self._table, len(self.launches))
+
 
 class ThreadChooser:
     """Chooses, per kernel, between one thread and all threads for default launches.
@@ -613,7 +633,7 @@ class _BufferCheck:
         self.byte_strides = tuple(s * itemsize for s in buffer.strides)
         self.varying = [k for k, n in enumerate(buffer.shape) if n > 1]
         self.extent = buffer.extent()
-        self.is_output = buffer.role == "out"
+        self.is_output = buffer.role != "in"  # "out", or "inout" (read, then written)
 
     def _fail(
         self, what: str, expected: Any, actual: Any, hint: str | None = None

@@ -30,6 +30,7 @@ from ember.compiler.passes.decomposition import decompose
 from ember.compiler.passes.layout_validation import validate_layout
 from ember.compiler.passes.manager import PassManager
 from ember.compiler.passes.meta_propagation import propagate_meta
+from ember.compiler.passes.outer_products import multiply_outer_products
 from ember.errors import UnsupportedError
 from ember.ir.graph import Graph
 
@@ -40,6 +41,7 @@ PASSES: dict[str, GraphPass] = {
         propagate_meta,
         validate_layout,
         decompose,
+        multiply_outer_products,
         simplify_algebra,
         fold_constants,
         eliminate_common_subexpressions,
@@ -96,6 +98,7 @@ __all__ = [
     "eliminate_dead_code",
     "fold_constants",
     "get_pass",
+    "multiply_outer_products",
     "optimize",
     "propagate_meta",
     "simplify_algebra",
