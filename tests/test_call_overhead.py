@@ -228,7 +228,8 @@ def test_results_fed_back_as_arguments_are_not_kept_alive():
     (twice,) = program([out])
 
     # The table of arguments seen before holds their arrays by weak reference.
-    (entry,) = program._seen
+    seen = program._seen if program._resident is None else program._resident_seen
+    (entry,) = seen
     assert entry is not None and isinstance(entry[1], weakref.ref)
     del out
     address = twice._storage.data.ctypes.data

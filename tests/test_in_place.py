@@ -202,3 +202,70 @@ def test_a_step_whose_input_views_a_parameter_runs_eagerly_and_agrees():
     for p, q in zip(model.parameters(), eager_model.parameters()):
         np.testing.assert_allclose(p.numpy(), q.numpy(), rtol=1e-5, atol=1e-6)
     assert compiled.eager_calls == calls + 1
+
+
+# The steady state of a compiled step -------------------------------------------------
+
+
+def test_the_steady_state_does_not_gather_the_optimizer_state_again(monkeypatch):
+    from ember.compiler import step as step_module
+
+    _, _, step = _step(lambda p: optim.SGD(p, lr=0.1, momentum=0.9))
+    compiled = ember.compile(step, backend="llvm")
+    x, y = ember.ones(8, 3), ember.zeros(8, 1)
+    for _ in range(3):
+        compiled(x, y)
+
+    def gather(*args):
+        raise AssertionError("the state was gathered again")
+
+    monkeypatch.setattr(step_module, "_gather", gather)
+    compiled(x, y)
+    compiled(ember.full((8, 3), 0.5), y)  # a new batch of the same layout
+
+
+def _set_lr(model, opt):
+    opt.param_groups[0]["lr"] = 0.05
+
+
+def _replace_buffer(model, opt):
+    state = opt.state[model[0].weight]
+    state["momentum_buffer"] = state["momentum_buffer"] * 0.5
+
+
+def _freeze(model, opt):
+    model[2].bias.requires_grad_(False)
+    model[2].bias.grad = None
+
+
+def _new_parameter_tensor(model, opt):
+    # The same Parameter object, its data replaced under it (a new meta).
+    with ember.no_grad():
+        model[0].bias.copy_(ember.zeros(4))
+
+
+@pytest.mark.parametrize(
+    "change", [_set_lr, _replace_buffer, _freeze, _new_parameter_tensor]
+)
+def test_a_change_to_the_optimizer_or_parameters_is_followed(change):
+    make = lambda p: optim.SGD(p, lr=0.1, momentum=0.9)  # noqa: E731
+    model, opt, step = _step(make)
+    eager_model, eager_opt, eager_step = _step(make)
+    compiled = ember.compile(step, backend="llvm")
+    rng = np.random.default_rng(0)
+    batches = [
+        (
+            ember.from_numpy(rng.standard_normal((8, 3)).astype(np.float32)),
+            ember.from_numpy(rng.standard_normal((8, 1)).astype(np.float32)),
+        )
+        for _ in range(10)
+    ]
+    for k, (x, y) in enumerate(batches):
+        if k == 5:
+            change(model, opt)
+            change(eager_model, eager_opt)
+        np.testing.assert_allclose(
+            compiled(x, y).item(), eager_step(x, y).item(), rtol=1e-5
+        )
+    for p, q in zip(model.parameters(), eager_model.parameters()):
+        np.testing.assert_allclose(p.numpy(), q.numpy(), rtol=1e-5, atol=1e-6)

@@ -62,10 +62,7 @@ class Boundary:
             slot: Region(spec.meta.dtype, spec._extent, private=slot in self.updated)
             for spec, slot in zip(args, arg_slots)
         }
-        # The argument addresses of the last call whose updated arguments were
-        # found private (None after a failed check): the same addresses need no
-        # new check.
-        self._private: tuple[int, ...] | None = None
+
         self.regions.update(
             (slot, Region(meta.dtype, meta.numel, private=True))
             for slot, meta in fresh.items()
@@ -149,44 +146,48 @@ class Boundary:
                 flat, base = env[slot]
                 found[slot] = self._argument(slot, spec, flat, base)
         if self.updated:
-            self._check_updated(env, found)
+            self.check_updated(env)
         return found
 
-    def _check_updated(self, env: Sequence[Storage], found: dict[int, int]) -> None:
-        """SignatureError unless every argument written in place is writable and
-        shares no byte with another argument (it would read the new values)."""
-        addresses = tuple(found.get(slot, -1) for slot in self.specs)
-        if addresses == self._private:
-            return
-        self._private = None
-        spans = []
-        for slot, spec in self.specs.items():
-            start = found.get(slot)
-            if start is None:
-                flat, base = env[slot]
-                start = flat.ctypes.data + base * flat.itemsize
-            spans.append((start, start + spec._extent * spec.meta.dtype.itemsize, slot))
+    def check_updated(self, env: Sequence[Storage]) -> bool:
+        """AliasError unless every argument written in place is writable and
+        shares no byte with another argument (it would read the new values).
+
+        Returns whether the arguments' whole storages are disjoint: then the
+        check holds for any views of the same storages, and the caller need not
+        run it again until a storage changes. Otherwise the views themselves
+        were compared, and the next call must be checked again.
+        """
         for slot in self.updated:
-            spec = self.specs[slot]
             if not env[slot][0].flags.writeable:
+                name = self.specs[slot].name
                 raise AliasError(
-                    f"argument %{spec.name} is updated in place but is read-only",
-                    op=spec.name,
+                    f"argument %{name} is updated in place but is read-only",
+                    op=name,
                     hint="pass a writable tensor",
                 )
-        for low, high, slot in spans:
-            if slot not in self.updated:
-                continue
-            for other_low, other_high, other in spans:
-                if other != slot and low < other_high and other_low < high:
-                    name = self.specs[slot].name
-                    raise AliasError(
-                        f"argument %{name} is updated in place but shares memory "
-                        f"with argument %{self.specs[other].name}",
-                        op=name,
-                        hint="pass a copy (.clone()) of the tensor that views the other",
-                    )
-        self._private = addresses
+        flats = []
+        for slot in self.specs:
+            flat = env[slot][0]
+            start = flat.__array_interface__["data"][0]
+            flats.append((start, start + flat.nbytes, slot))
+        if not _overlapping(flats, self.updated):
+            return True
+        views = []
+        for slot, spec in self.specs.items():
+            flat, base = env[slot]
+            start = flat.__array_interface__["data"][0] + base * flat.itemsize
+            views.append((start, start + spec._extent * flat.itemsize, slot))
+        found = _overlapping(views, self.updated)
+        if found is not None:
+            name, other = (self.specs[s].name for s in found)
+            raise AliasError(
+                f"argument %{name} is updated in place but shares memory with "
+                f"argument %{other}",
+                op=name,
+                hint="pass a copy (.clone()) of the tensor that views the other",
+            )
+        return False
 
     def _argument(self, slot: int, spec: ArgSpec, flat: np.ndarray, base: int) -> int:
         np_dtype = spec.np_dtype
@@ -224,6 +225,19 @@ class Boundary:
                     op=spec.name,
                     hint="pass a tensor of your own, not a view of program.plan",
                 )
+
+
+def _overlapping(
+    spans: list[tuple[int, int, int]], updated: frozenset[int]
+) -> tuple[int, int] | None:
+    """The first (updated slot, other slot) whose byte ranges share a byte."""
+    for low, high, slot in spans:
+        if slot not in updated or low == high:
+            continue
+        for other_low, other_high, other in spans:
+            if other != slot and low < other_high and other_low < high:
+                return slot, other
+    return None
 
 
 def first_address(flat: np.ndarray) -> int:

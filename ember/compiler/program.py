@@ -347,6 +347,10 @@ class Program:
             [self._boundary.prepare(step, env) for step in self.steps]
         )
         self._resident = _Resident.of(self._schedule)
+        # Per argument: what _execute_resident keeps of the last tensor passed,
+        # and whether the storages at the last check were disjoint.
+        self._resident_seen: list[tuple[Any, ...] | None] = [None] * len(self.args)
+        self._disjoint = False
         # The planned buffers are shared by every call: calls from several threads
         # take turns rather than overwrite each other's intermediates.
         self._lock = threading.Lock()
@@ -509,12 +513,21 @@ class Program:
     def _execute_resident(self, values: Sequence[Any], resident: _Resident) -> Any:
         """:meth:`_execute` for a schedule of prepared launches only: each address
         is written into the launches' pointer arrays when it differs from the
-        last call's, and the launches run without taking addresses."""
+        last call's, and the launches run without taking addresses.
+
+        Per argument position, the last tensor's meta, flat storage (by weak
+        reference), element offset, address and storage address are kept. The
+        same meta over the same storage needs no check; a new meta over the same
+        storage (the next batch sliced from a dataset) needs only its layout
+        compared and its bounds checked, when that storage lies clear of the
+        planned buffers; anything else is checked in full.
+        """
         env = list(self._env)
-        seen = self._seen
+        seen = self._resident_seen
         last = resident.last
         boundary = self._boundary
-        missed = False
+        targets = resident.targets
+        moved = False  # whether some argument's storage is not the last call's
         with self._lock:
             for position, (spec, value, slot) in enumerate(
                 zip(self.args, values, self._arg_slots)
@@ -522,30 +535,62 @@ class Program:
                 hit = seen[position]
                 if hit is not None and isinstance(value, _Tensor):
                     flat = value._storage.data
-                    if value._meta is hit[0] and hit[1]() is flat:
-                        env[slot] = (flat, hit[2])
-                        address = hit[3]
-                        if address is not None and last.get(slot) != address:
-                            resident.write(slot, address)
-                        continue
-                missed = True
+                    if hit[1]() is flat:
+                        meta = value._meta
+                        if meta is hit[0]:
+                            # The address found then is still in the launch tables.
+                            env[slot] = (flat, hit[2])
+                            continue
+                        layout = spec.meta
+                        offset = meta.offset
+                        if (
+                            hit[4] is not None
+                            and meta.strides == layout.strides
+                            and meta.shape == layout.shape
+                            and meta.dtype is layout.dtype
+                            and offset >= 0
+                            and offset + spec._extent <= flat.shape[0]
+                        ):
+                            env[slot] = (flat, offset)
+                            address = hit[4] + offset * flat.itemsize
+                            if slot in targets:
+                                resident.write(slot, address)
+                            seen[position] = (meta, hit[1], offset, address, hit[4])
+                            continue
                 flat, base = env[slot] = spec.check(position, value)
                 address = None
-                if slot in resident.targets:
+                if slot in targets:
                     address = boundary._argument(slot, spec, flat, base)
                     if last.get(slot) != address:
                         resident.write(slot, address)
-                self._remember(values, [position], env, {slot: address})  # type: ignore[arg-type, dict-item]
-            # Arguments all seen at the last call passed this check then.
-            if boundary.updated and (missed or boundary._private is None):
-                boundary._check_updated(env, last)  # type: ignore[arg-type]
+                moved = True
+                seen[position] = self._resident_entry(value, flat, base, address)
+            if boundary.updated and (moved or not self._disjoint):
+                self._disjoint = False
+                self._disjoint = boundary.check_updated(env)  # type: ignore[arg-type]
             self._fresh_arrays(env)
             for slot, address in self._fresh_addresses.items():
-                if last.get(slot) != address and slot in resident.targets:
+                if last.get(slot) != address and slot in targets:
                     resident.write(slot, address)
             for run in resident.runs:
                 run()
         return env
+
+    def _resident_entry(
+        self, value: Any, flat: np.ndarray, base: int, address: int | None
+    ) -> tuple[Any, ...] | None:
+        """What :meth:`_execute_resident` keeps of an argument checked in full:
+        the storage's address too when every view of it lies clear of the
+        planned buffers (so a new view needs only its bounds checked)."""
+        if not isinstance(value, _Tensor) or value._storage.data is not flat:
+            return None
+        whole = None
+        if address is not None:
+            start = address - base * flat.itemsize
+            low, high = self._boundary.hull
+            if not (start < high and low < start + flat.nbytes):
+                whole = start
+        return (value._meta, weakref.ref(flat), base, address, whole)
 
     def _remember(
         self,

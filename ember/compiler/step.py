@@ -63,7 +63,8 @@ import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from operator import is_
+from itertools import repeat
+from operator import attrgetter, is_, itemgetter
 from typing import Any
 
 import numpy as np
@@ -220,71 +221,93 @@ class _Guard:
     same meta, ``requires_grad`` and presence of a gradient, the same state tensors
     (with the same metas) and numbers of the same types. While it holds, that
     state serves the next call as it is, at a fraction of :func:`_gather`'s cost;
-    identity implies equality, so a failed check only means gathering again."""
+    identity implies equality, so a failed check only means gathering again.
+
+    The checks run as a few C-level passes over flat tuples (``map`` with
+    ``operator.is_``) rather than a Python loop per parameter.
+    """
 
     def __init__(self, optimizers: list[Any], state: _State) -> None:
         self.tables = [(opt, opt.param_groups, opt.state) for opt in optimizers]
         self.groups = []
-        self.params = []
-        self.entries = []
+        params: list[Any] = []
+        owners: list[Any] = []  # the state table of each parameter's optimizer
         for opt in optimizers:
             for group in opt.param_groups:
-                params = group["params"]
+                members = group["params"]
                 options = [
                     (k, v)
                     for k, v in group.items()
                     if k not in ("params", "param_names")
                 ]
-                self.groups.append((group, len(group), options, params, tuple(params)))
-                for param in params:
-                    grad_none = param.grad is None
-                    self.params.append(
-                        (param, param._meta, param.requires_grad, grad_none)
-                    )
-                    entries = opt.state.get(param)
-                    items = [
-                        (k, v, v._meta if isinstance(v, Tensor) else type(v))
-                        for k, v in (entries or {}).items()
-                    ]
-                    self.entries.append((opt.state, param, entries, len(items), items))
+                self.groups.append(
+                    (group, len(group), options, members, tuple(members))
+                )
+                params.extend(members)
+                owners.extend([opt.state] * len(members))
+        self.params = tuple(params)
+        self.metas = tuple(p._meta for p in params)
+        self.requires = tuple(p.requires_grad for p in params)
+        self.no_grads = tuple(p.grad is None for p in params)
+        self.owners = owners
+        self.entries = tuple(t.get(p) for t, p in zip(owners, params))
+        present = [e for e in self.entries if e]
+        self.present = present
+        self.sizes = tuple(map(len, present))
+        # Per state key: the entries holding it, their values and each value's
+        # meta (a tensor) or type (a number).
+        keys: dict[str, list[Any]] = {}
+        for entries in present:
+            for key in entries:
+                keys.setdefault(key, []).append(entries)
+        self.items = []
+        for key, holders in keys.items():
+            values = tuple(e[key] for e in holders)
+            tensors = [isinstance(v, Tensor) for v in values]
+            # Tensors by identity and meta; numbers (which change) by type; a
+            # key holding both by identity (it then fails: gathered again).
+            mode = "tensors" if all(tensors) else "mixed" if any(tensors) else "numbers"
+            kinds = tuple(v._meta if t else type(v) for v, t in zip(values, tensors))
+            self.items.append((itemgetter(key), holders, values, mode, kinds))
         self.state = state
 
     def holds(self) -> bool:
         for opt, groups, table in self.tables:
             if opt.param_groups is not groups or opt.state is not table:
                 return False
-        for group, size, options, params, members in self.groups:
-            if len(group) != size or group["params"] is not params:
+        for group, size, options, members, snapshot in self.groups:
+            if len(group) != size or group["params"] is not members:
                 return False
-            if len(params) != len(members) or not all(map(is_, params, members)):
+            if len(members) != len(snapshot) or not all(map(is_, members, snapshot)):
                 return False
             for key, value in options:
                 now = group[key]
                 if now is not value and not (type(now) is type(value) and now == value):
                     return False
-        for param, meta, requires_grad, grad_none in self.params:
-            if (
-                param._meta is not meta
-                or param.requires_grad is not requires_grad
-                or (param.grad is None) is not grad_none
+        params = self.params
+        if not (
+            all(map(is_, map(_META, params), self.metas))
+            and all(map(is_, map(_REQUIRES, params), self.requires))
+            and all(map(is_, map(is_, map(_GRAD, params), repeat(None)), self.no_grads))
+            and all(map(is_, map(dict.get, self.owners, params), self.entries))
+            and tuple(map(len, self.present)) == self.sizes
+        ):
+            return False
+        for get, holders, values, mode, kinds in self.items:
+            now = tuple(map(get, holders))
+            if mode == "numbers":
+                if not all(map(is_, map(type, now), kinds)):
+                    return False
+            elif not all(map(is_, now, values)) or (
+                mode == "tensors" and not all(map(is_, map(_META, now), kinds))
             ):
                 return False
-        for table, param, entries, size, items in self.entries:
-            now_entries = table.get(param)
-            if now_entries is not entries:
-                return False
-            if entries is None:
-                continue
-            if len(entries) != size:
-                return False
-            for key, value, kind in items:
-                now = entries[key]
-                if type(kind) is type:
-                    if type(now) is not kind:
-                        return False
-                elif now is not value or now._meta is not kind:
-                    return False
         return True
+
+
+_META = attrgetter("_meta")
+_REQUIRES = attrgetter("requires_grad")
+_GRAD = attrgetter("grad")
 
 
 class _Lean:

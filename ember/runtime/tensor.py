@@ -190,6 +190,10 @@ class Tensor(TensorMethods):
         return self.numpy().tolist()
 
     def item(self) -> Any:
+        meta = self._meta
+        if meta.numel == 1:
+            # The one element sits at the offset of the flat storage.
+            return self._storage.data[meta.offset].item()
         if self.numel() != 1:
             raise ShapeError(
                 f"item(): only one-element tensors convert to a Python number, this "
