@@ -330,3 +330,29 @@ def test_kernels_large_enough_for_threads_keep_their_own_launch():
 
     assert program.sequences == [] and program.checked_per_call == []
     np.testing.assert_allclose(out, np.exp(-x).T, rtol=1e-6)
+
+
+def test_a_call_repeating_the_last_arguments_skips_binding(monkeypatch):
+    program = compile_llvm(_chain((2, 3)))
+    x = ember.from_numpy(np.arange(6, dtype=np.float32)).view(2, 3)
+    (first,) = program.run_fresh_arrays([x])
+    want = first.copy()
+
+    def unexpected(values):
+        raise AssertionError("the arguments were bound again")
+
+    monkeypatch.setattr(program, "_execute", unexpected)
+    (again,) = program.run_fresh_arrays([x])
+    np.testing.assert_array_equal(again, want)
+
+
+def test_a_storage_swapped_under_a_repeated_argument_is_checked_again():
+    program = compile_llvm(_chain((2, 3)))
+    x = ember.from_numpy(np.arange(6, dtype=np.float32)).view(2, 3)
+    program.run_fresh_arrays([x])
+    program.run_fresh_arrays([x])
+
+    x._storage.data = np.zeros(4, np.float32)[:4]
+
+    with pytest.raises(SignatureError, match="addresses elements"):
+        program.run_fresh_arrays([x])

@@ -235,13 +235,10 @@ class _Guard:
         for opt in optimizers:
             for group in opt.param_groups:
                 members = group["params"]
-                options = [
-                    (k, v)
-                    for k, v in group.items()
-                    if k not in ("params", "param_names")
-                ]
+                options = [k for k in group if k not in ("params", "param_names")]
+                values = tuple(group[k] for k in options)
                 self.groups.append(
-                    (group, len(group), options, members, tuple(members))
+                    (group, len(group), options, values, members, tuple(members))
                 )
                 params.extend(members)
                 owners.extend([opt.state] * len(members))
@@ -275,15 +272,16 @@ class _Guard:
         for opt, groups, table in self.tables:
             if opt.param_groups is not groups or opt.state is not table:
                 return False
-        for group, size, options, members, snapshot in self.groups:
+        for group, size, options, values, members, snapshot in self.groups:
             if len(group) != size or group["params"] is not members:
                 return False
             if len(members) != len(snapshot) or not all(map(is_, members, snapshot)):
                 return False
-            for key, value in options:
-                now = group[key]
-                if now is not value and not (type(now) is type(value) and now == value):
-                    return False
+            now = tuple(map(group.__getitem__, options))
+            if not all(map(is_, now, values)) and any(
+                type(a) is not type(b) or a != b for a, b in zip(now, values)
+            ):
+                return False
         params = self.params
         if not (
             all(map(is_, map(_META, params), self.metas))
