@@ -22,7 +22,8 @@ single calls between the other implementations' calls mostly measures their cach
 evictions), the blocks of the implementations interleaved so that machine noise hits
 all alike; compile time is excluded (warm-up steps) and reported separately. With
 torch installed, torch eager and torch.compile (the model compiled, the optimizer
-eager) run the same MLP steps.
+eager) run the same MLP steps on one intra-op thread (with two, torch waits on the
+busy second core of a shared machine and takes 24 ms for the small step).
 
 numpy's BLAS runs on one thread (``OPENBLAS_NUM_THREADS=1``): its hand-written MLP
 step is faster so (1.8 ms against 2.1 ms with OpenBLAS's two threads on the 2-core
@@ -139,10 +140,15 @@ def torch_runners(
 ) -> dict[str, Callable[[], object]]:
     """torch eager and torch.compile (model compiled, optimizer eager: what
     torch.compile users get) for the same step, when torch is installed."""
-    eager = torch_step(case, weights, x, y)
-    if eager is None:
+    try:
+        import torch
+    except ImportError:
         return {}
-    import torch
+    # One intra-op thread, as numpy's BLAS: with two, torch's thread pool waits
+    # on a busy second core here (24 ms for the small step instead of 0.4 ms).
+    torch.set_num_threads(1)
+    eager = torch_step(case, weights, x, y)
+    assert eager is not None
 
     layers: list[Any] = []
     for fan_in, fan_out in zip(case.dims[:-1], case.dims[1:]):

@@ -269,3 +269,74 @@ def test_a_change_to_the_optimizer_or_parameters_is_followed(change):
         )
     for p, q in zip(model.parameters(), eager_model.parameters()):
         np.testing.assert_allclose(p.numpy(), q.numpy(), rtol=1e-5, atol=1e-6)
+
+
+# Random programs: in-place updates never change what a program computes ----------
+
+
+class _Random(nn.Module):
+    """Parameters ``p0..`` read by some outputs and updated by others, as drawn."""
+
+    def __init__(self, count: int, readers: list, updates: list) -> None:
+        super().__init__()
+        rng = np.random.default_rng(count)
+        for k in range(count):
+            value = rng.standard_normal((4, 5)).astype(np.float32)
+            setattr(self, f"p{k}", nn.Parameter(ember.tensor(value)))
+        self.readers, self.updates = readers, updates
+
+    def forward(self, x):
+        p = [getattr(self, f"p{k}") for k in range(len(self.updates))]
+        outputs = []
+        for kind, i, j in self.readers:
+            if kind == "sum":
+                outputs.append((p[i] * x).sum())
+            elif kind == "matmul":
+                outputs.append(p[i].T @ p[j])
+            else:
+                outputs.append((p[i] + p[j]).exp().sum(1))
+        for k, (j, scale) in enumerate(self.updates):
+            outputs.append(p[k] * 0.9 - p[j] * scale + x * 0.1)
+        return outputs
+
+
+@st.composite
+def _random_programs(draw):
+    count = draw(st.integers(1, 3))
+    index = st.integers(0, count - 1)
+    readers = draw(
+        st.lists(
+            st.tuples(st.sampled_from(["sum", "matmul", "exp"]), index, index),
+            max_size=3,
+        )
+    )
+    updates = [(draw(index), draw(st.sampled_from([0.0, 0.5]))) for _ in range(count)]
+    return count, readers, updates
+
+
+@given(_random_programs())
+def test_updates_in_place_give_the_interpreters_results(drawn):
+    from ember.compiler.interpret import interpret
+
+    count, readers, updates = drawn
+    model = _Random(count, readers, updates)
+    x = ember.tensor(np.linspace(-1, 1, 20, dtype=np.float32).reshape(4, 5))
+    graph = trace(model, x)
+    params = dict(model.named_parameters())
+    want = [t.numpy().copy() for t in interpret(graph, [x], params)]
+    first = len(readers)
+    program = compile_llvm(graph, {first + k: f"p{k}" for k in range(count)})
+
+    got = program([x], params)
+
+    for k in range(first):
+        np.testing.assert_allclose(got[k].numpy(), want[k], rtol=1e-5, atol=1e-6)
+    for k in range(count):
+        np.testing.assert_allclose(
+            getattr(model, f"p{k}").numpy()
+            if first + k in program.donated
+            else got[first + k].numpy(),
+            want[first + k],
+            rtol=1e-6,
+            atol=1e-6,
+        )
