@@ -142,19 +142,23 @@ def test_updates_are_in_place_and_grads_hold_the_last_gradients():
     assert weight.grad.shape == weight.shape and not weight.grad.requires_grad
 
 
-def test_a_changed_learning_rate_compiles_a_new_program():
-    eager_model, eager_opt, eager_step = _setup(_linear, OPTIMIZERS["sgd"])
-    model, optimizer, step = _setup(_linear, OPTIMIZERS["sgd"])
-    compiled = ember.compile(step)
-    ((x, y),) = _data(5)
-    for lr in (0.1, 0.1, 0.01, 0.01):
-        eager_opt.param_groups[0]["lr"] = optimizer.param_groups[0]["lr"] = lr
-        eager_step(x, y)
-        compiled(x, y)
-    assert len(compiled.cache) == 2
-    np.testing.assert_allclose(
-        model.weight.numpy(), eager_model.weight.numpy(), rtol=1e-6
-    )
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("optimizer", ["sgd", "sgd-momentum", "adam"])
+def test_a_learning_rate_schedule_reuses_the_program(backend, optimizer):
+    eager_model, eager_opt, eager_step = _setup(_mlp, OPTIMIZERS[optimizer])
+    model, opt, step = _setup(_mlp, OPTIMIZERS[optimizer])
+    compiled = ember.compile(step, backend=backend)
+    rtol, atol = TOLERANCE[backend]
+    for k, (x, y) in enumerate(_data(8, 12)):
+        lr = 0.05 * 0.8**k  # a new float every step
+        eager_opt.param_groups[0]["lr"] = opt.param_groups[0]["lr"] = lr
+        np.testing.assert_allclose(
+            compiled(x, y).item(), eager_step(x, y).item(), rtol=rtol, atol=atol
+        )
+        assert opt.param_groups[0]["lr"] == lr  # tracing put the number back
+    assert len(compiled.cache) == 1 and compiled.eager_calls == 1
+    for p, q in zip(model.parameters(), eager_model.parameters()):
+        np.testing.assert_allclose(p.numpy(), q.numpy(), rtol=rtol, atol=atol)
 
 
 def test_gradients_accumulate_when_the_step_does_not_zero_them():

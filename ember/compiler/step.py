@@ -98,6 +98,10 @@ CACHE_LIMIT = 16
 
 _NUMBER = TensorMeta.contiguous((), dtypes.float64)
 
+#: Param-group options that are inputs of a compiled step (float64 0-d), read at
+#: every call, rather than constants of its program.
+TRACED_OPTIONS = frozenset(["lr"])
+
 
 # Finding the optimizers ------------------------------------------------------------
 
@@ -181,16 +185,19 @@ def _gather(optimizers: list[Any], names: dict[int, str]) -> _State:
     for k, opt in enumerate(optimizers):
         prefix = f"opt{k}." if len(optimizers) > 1 else ""
         table = opt.state
-        for group in opt.param_groups:
-            key.append(
-                tuple(
-                    [
-                        (name, value)
-                        for name, value in group.items()
-                        if name != "params" and name != "param_names"
-                    ]
-                )
-            )
+        for g, group in enumerate(opt.param_groups):
+            options = []
+            for option, value in group.items():
+                if option == "params" or option == "param_names":
+                    continue
+                if option in TRACED_OPTIONS and type(value) in (float, int):
+                    # An input of the program: a schedule changing it every
+                    # step reuses the program.
+                    numbers.append((group, option, f"{prefix}group{g}.{option}"))
+                    options.append((option, float))
+                else:
+                    options.append((option, value))
+            key.append(tuple(options))
             for param in group["params"]:
                 name = names.get(id(param))
                 name = prefix + (f"param{len(params)}" if name is None else name)
@@ -230,13 +237,25 @@ class _Guard:
     def __init__(self, optimizers: list[Any], state: _State) -> None:
         self.tables = [(opt, opt.param_groups, opt.state) for opt in optimizers]
         self.groups = []
+        self.typed: list[tuple[dict[str, Any], str, type]] = []
         params: list[Any] = []
         owners: list[Any] = []  # the state table of each parameter's optimizer
         for opt in optimizers:
             for group in opt.param_groups:
                 members = group["params"]
-                options = [k for k in group if k not in ("params", "param_names")]
+                options = [
+                    k
+                    for k in group
+                    if k not in ("params", "param_names")
+                    and not (k in TRACED_OPTIONS and type(group[k]) in (float, int))
+                ]
                 values = tuple(group[k] for k in options)
+                # Traced options are read at every call: only their type matters.
+                self.typed.extend(
+                    (group, k, type(group[k]))
+                    for k in TRACED_OPTIONS
+                    if k in group and type(group[k]) in (float, int)
+                )
                 self.groups.append(
                     (group, len(group), options, values, members, tuple(members))
                 )
@@ -281,6 +300,9 @@ class _Guard:
             if not all(map(is_, now, values)) and any(
                 type(a) is not type(b) or a != b for a, b in zip(now, values)
             ):
+                return False
+        for group, key, kind in self.typed:
+            if type(group[key]) is not kind:
                 return False
         params = self.params
         if not (
@@ -330,6 +352,13 @@ class _Lean:
         self.layouts = [(m.shape, m.dtype, m.strides) for m in self.metas]
         self.count = len(args)
         self.targets = [state.tensors[t] for t in direct.targets]
+        # One 0-d float64 tensor per number of the state, its value set per call.
+        numbers = [Tensor._from_array(np.zeros((), np.float64)) for _ in state.numbers]
+        self.numbers = [
+            (owner, key, t._storage.data)
+            for (owner, key, _), t in zip(state.numbers, numbers)
+        ]
+        self.inputs = numbers + self.targets
         self.bumped = [state.tensors[name] for name in direct.in_place]
         self.grads = [(state.params[name], index) for name, index in entry.grads]
         self.results = range(entry.num_results)
@@ -350,11 +379,9 @@ class _Lean:
             return _MISS
         state, direct, entry = self.state, self.direct, self.entry
         values = list(args)
-        if state.numbers:
-            values += [
-                Tensor._from_array(np.array(float(d[k]))) for d, k, _ in state.numbers
-            ]
-        values += self.targets
+        for owner, key, number in self.numbers:
+            number[0] = owner[key]
+        values += self.inputs
         if direct.writes or entry.numbers:
             return _run_direct(entry, direct, values, state)
         arrays = entry.program.run_fresh_arrays(values)
@@ -397,6 +424,15 @@ class StepTracer(Tracer):
         self._twins: dict[str, Node] | None = None
         #: Whether the trace failed writing a traced value into an untracked tensor.
         self.new_tensor_written = False
+        #: The node each number of the state starts as (set by the step's trace).
+        self.number_nodes: list[Node] = []
+
+    def current(self, node: Node) -> Node:
+        """``node``, or its twin in the joint graph when backward() switched to it."""
+        if node.graph is self.graph:
+            return node
+        assert self._twins is not None
+        return self._twins[node.name]
 
     def node_of(self, value: Any) -> Node:
         if isinstance(value, Proxy) and value.node.graph is not self.graph:
@@ -677,6 +713,8 @@ class CompiledStep:
             F.clone(Proxy(graph.input(label, _NUMBER, loc=loc), tracer))
             for _, _, label in state.numbers
         ]
+        # What each number starts as: one still there at the end is no output.
+        tracer.number_nodes = [p.node for p in number_proxies]
         saved = _Snapshot(self.optimizers, state)
         for (owner, k, _), proxy in zip(state.numbers, number_proxies):
             owner[k] = proxy
@@ -736,8 +774,11 @@ class CompiledStep:
                 nodes.append(tracer.node_of(grad))
         numbers = []
         for index, value in finals.numbers.items():
+            node = tracer.node_of(value)
+            if node is tracer.current(tracer.number_nodes[index]):
+                continue  # left as it was (a learning rate): nothing to write back
             numbers.append((index, len(nodes)))
-            nodes.append(tracer.node_of(value))
+            nodes.append(node)
         graph.output(nodes)
         # The new values of parameters and state may be written over the old.
         donate = {count + k: name for k, name in enumerate(writes)}
@@ -890,7 +931,8 @@ class _Snapshot:
         ]
         self.grads = {name: p.grad for name, p in state.params.items()}
         self.params = state.params
-        self.numbers = [d[k] for d, k, _ in state.numbers]
+        self.slots = [(d, k) for d, k, _ in state.numbers]
+        self.numbers = [d[k] for d, k in self.slots]
 
     def finals(self, state: _State) -> _Finals:
         grads = {}
@@ -915,6 +957,8 @@ class _Snapshot:
             entry.update(before)
         for name, param in self.params.items():
             param.grad = self.grads[name]
+        for (owner, k), value in zip(self.slots, self.numbers):
+            owner[k] = value  # group options; state entries were put back above
         return created
 
 

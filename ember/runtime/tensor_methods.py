@@ -71,9 +71,15 @@ def _split_sizes(
     return [split_size] * full + ([rest] if rest else []) or [0]
 
 
+def _operands(other: Any, alpha: Any) -> tuple[Any, ...]:
+    """The operands ``add_``/``sub_`` check: ``alpha`` too unless it is the number 1
+    (a traced ``alpha``, the learning rate of a compiled step, always counts)."""
+    return (other,) if not _is_value(alpha) and alpha == 1 else (other, alpha)
+
+
 def _scaled(other: Any, alpha: Any) -> Any:
     """``other * alpha`` for ``add_``/``sub_``; two numbers multiply in Python."""
-    if alpha == 1:
+    if not _is_value(alpha) and alpha == 1:
         return other
     return F.mul(other, alpha) if _is_value(other) else other * alpha
 
@@ -592,11 +598,11 @@ class TensorMethods:
         self._check_result(dtype, layout.broadcast_shapes(*shapes, op=op), op)
 
     def add_(self: V, other: Any, alpha: builtins.float = 1) -> V:
-        self._check_update("add_", (other,) if alpha == 1 else (other, alpha))
+        self._check_update("add_", _operands(other, alpha))
         return self._write(F.add(self, _scaled(other, alpha)), "add_")
 
     def sub_(self: V, other: Any, alpha: builtins.float = 1) -> V:
-        self._check_update("sub_", (other,) if alpha == 1 else (other, alpha))
+        self._check_update("sub_", _operands(other, alpha))
         return self._write(F.sub(self, _scaled(other, alpha)), "sub_")
 
     def mul_(self: V, other: Any) -> V:
