@@ -160,9 +160,14 @@ class NumpyStep:
 
 
 def torch_step(
-    case: Case, weights: list[np.ndarray], x: np.ndarray, y: np.ndarray
+    case: Case,
+    weights: list[np.ndarray],
+    x: np.ndarray,
+    y: np.ndarray,
+    compiled: bool = False,
 ) -> Callable[[], float] | None:
-    """The same step in torch eager, or None when torch is not installed."""
+    """The same step in torch eager (with ``compiled``, the model through
+    ``torch.compile`` and the optimizer eager), or None without torch."""
     try:
         import torch
     except ImportError:
@@ -177,10 +182,11 @@ def torch_step(
     opt = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
     loss_fn = torch.nn.MSELoss()
     tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    forward = torch.compile(model) if compiled else model
 
     def step() -> float:
         opt.zero_grad()
-        loss = loss_fn(model(tx), ty)
+        loss = loss_fn(forward(tx), ty)
         loss.backward()
         opt.step()
         return loss.item()

@@ -39,13 +39,10 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 from bench_train_step import (
     CASES,
-    LEARNING_RATE,
-    MOMENTUM,
     Case,
     EmberStep,
     NumpyStep,
@@ -148,30 +145,11 @@ def torch_runners(
     # on a busy second core here (24 ms for the small step instead of 0.4 ms).
     torch.set_num_threads(1)
     eager = torch_step(case, weights, x, y)
-    assert eager is not None
-
-    layers: list[Any] = []
-    for fan_in, fan_out in zip(case.dims[:-1], case.dims[1:]):
-        layers += [torch.nn.Linear(fan_in, fan_out), torch.nn.ReLU()]
-    model = torch.nn.Sequential(*layers[:-1])
-    with torch.no_grad():
-        for p, w in zip(model.parameters(), weights):
-            p.copy_(torch.from_numpy(w))
-    opt = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
-    compiled = torch.compile(model)
-    loss_fn = torch.nn.MSELoss()
-    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-
-    def step() -> float:
-        opt.zero_grad()
-        loss = loss_fn(compiled(tx), ty)
-        loss.backward()
-        opt.step()
-        return loss.item()
-
-    for _ in range(3):  # compiles
-        step()
-    return {"torch eager": eager, "torch.compile": step}
+    compiled = torch_step(case, weights, x, y, compiled=True)
+    assert eager is not None and compiled is not None
+    for _ in range(3):  # torch.compile traces and compiles
+        compiled()
+    return {"torch eager": eager, "torch.compile": compiled}
 
 
 def bench_step(case: Case, repeats: int) -> None:
