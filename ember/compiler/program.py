@@ -429,19 +429,24 @@ class Program:
             return None
         return [None if entry is None else entry[1] for entry in simple]
 
-    def run_fresh_arrays(self, values: Sequence[Any]) -> list[np.ndarray | None]:
+    def run_fresh_arrays(
+        self, values: Sequence[Any], changed: bool = False
+    ) -> list[np.ndarray | None]:
         """Run on positional arguments (as :meth:`run_arrays`) and return the flat
         array each result lives in, at the layout :attr:`result_layouts` gives;
         only for programs that have those layouts.
 
         Wrapping no result in a tensor saves a caller that copies a result
         elsewhere (a compiled training step's new parameter values) creating
-        one; an array it drops is written again by a later call.
+        one; an array it drops is written again by a later call. ``changed``
+        says the caller knows some argument differs from the last call's (a new
+        batch): the check for repeated arguments is skipped.
         """
         assert self._simple_results is not None
         resident = self._resident
         if (
             resident is not None
+            and not changed
             and self._repeated(values)
             and self._lock.acquire(blocking=False)
         ):

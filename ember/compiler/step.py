@@ -367,6 +367,7 @@ class _Lean:
         if len(args) != self.count:
             return _MISS
         metas = self.metas
+        changed = False  # a new batch: the program need not look for the last one
         for k, arg in enumerate(args):
             if type(arg) is not Tensor:
                 return _MISS
@@ -375,6 +376,7 @@ class _Lean:
                 if (meta.shape, meta.dtype, meta.strides) != self.layouts[k]:
                     return _MISS
                 metas[k] = meta
+                changed = True
         if not self.guard.holds():
             return _MISS
         state, direct, entry = self.state, self.direct, self.entry
@@ -384,7 +386,7 @@ class _Lean:
         values += self.inputs
         if direct.writes or entry.numbers:
             return _run_direct(entry, direct, values, state)
-        arrays = entry.program.run_fresh_arrays(values)
+        arrays = entry.program.run_fresh_arrays(values, changed)
         for tensor in self.bumped:
             tensor._storage.version += 1
         layouts: Any = direct.layouts
