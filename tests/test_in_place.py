@@ -340,3 +340,20 @@ def test_updates_in_place_give_the_interpreters_results(drawn):
             rtol=1e-6,
             atol=1e-6,
         )
+
+
+def test_a_group_option_replaced_by_another_is_followed():
+    make = lambda p: optim.SGD(p, lr=0.1, momentum=0.9)  # noqa: E731
+    _, opt, step = _step(make)
+    opt.param_groups[0]["note"] = "warm-up"  # an option SGD does not read
+    compiled = ember.compile(step, backend="llvm")
+    x, y = ember.ones(8, 3), ember.zeros(8, 1)
+    for _ in range(3):
+        compiled(x, y)
+    group = opt.param_groups[0]
+    del group["note"]
+    group["comment"] = "decay"  # as many options as before, one of them new
+
+    loss = compiled(x, y)  # the guard fails (it does not raise): traced again
+
+    assert np.isfinite(loss.item()) and len(compiled.cache) == 2
