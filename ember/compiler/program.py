@@ -29,7 +29,6 @@ import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from operator import attrgetter, is_, itemgetter
 from typing import Any
 
 import numpy as np
@@ -43,11 +42,6 @@ from ember.runtime.tensor import Tensor as _Tensor
 
 logger = logging.getLogger(__name__)
 
-_META = attrgetter("_meta")
-_FLAT = attrgetter("_storage.data")
-_FIRST = itemgetter(0)
-_SECOND = itemgetter(1)
-_DEREF = weakref.ref.__call__
 
 #: How many earlier results per result slot a call may write again.
 RECYCLED = 2
@@ -615,11 +609,12 @@ class Program:
         if len(values) != len(seen) or not self._disjoint and self._boundary.updated:
             return False
         try:
-            return all(map(is_, map(_META, values), map(_FIRST, seen))) and all(
-                map(is_, map(_FLAT, values), map(_DEREF, map(_SECOND, seen)))
-            )
+            for value, entry in zip(values, seen):
+                if value._meta is not entry[0] or value._storage.data is not entry[1]():
+                    return False
         except (AttributeError, TypeError):  # not a tensor, or never seen
             return False
+        return True
 
     def _resident_entry(
         self, value: Any, flat: np.ndarray, base: int, address: int | None
