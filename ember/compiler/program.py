@@ -447,11 +447,7 @@ class Program:
             # The very arguments of the last call: nothing to check or bind.
             try:
                 env: list[Any] = list(self._env)
-                self._fresh_arrays(env)
-                last = resident.last
-                for slot, address in self._fresh_addresses.items():
-                    if last.get(slot) != address and slot in resident.targets:
-                        resident.write(slot, address)
+                self._fresh_arrays(env, resident)
                 for run in resident.runs:
                     run()
             finally:
@@ -593,10 +589,7 @@ class Program:
             if boundary.updated and (moved or not self._disjoint):
                 self._disjoint = False
                 self._disjoint = boundary.check_updated(env)  # type: ignore[arg-type]
-            self._fresh_arrays(env)
-            for slot, address in self._fresh_addresses.items():
-                if last.get(slot) != address and slot in targets:
-                    resident.write(slot, address)
+            self._fresh_arrays(env, resident)
             for run in resident.runs:
                 run()
         return env
@@ -666,7 +659,7 @@ class Program:
                 addresses.get(slot),
             )
 
-    def _fresh_arrays(self, env: list[Any]) -> None:
+    def _fresh_arrays(self, env: list[Any], resident: _Resident | None = None) -> None:
         """Put in ``env`` the array each result is written to: one of an earlier
         call's when nobody holds it any more, else a new one.
 
@@ -682,12 +675,12 @@ class Program:
         recycled = self._recycled
         addresses = self._fresh_addresses
         refcount = sys.getrefcount
+        last = {} if resident is None else resident.last
         for slot, numel, np_dtype in self._fresh:
             pool = recycled[slot]
             for entry in reversed(pool):  # the newest first: it is likely cached
                 array = entry[0]
                 if refcount(array) == 3:
-                    addresses[slot] = entry[1]
                     break
             else:
                 array = np.empty(numel, np_dtype)
@@ -696,8 +689,12 @@ class Program:
                 if len(pool) >= RECYCLED:
                     pool.pop(0)
                 pool.append(entry)
-                addresses[slot] = entry[1]
+            address = addresses[slot] = entry[1]
             env[slot] = (array, 0)
+            # A resident program's launches take the address when it changed.
+            if resident is not None and last.get(slot) != address:
+                if slot in resident.targets:
+                    resident.write(slot, address)
 
     @property
     def checked_per_call(self) -> list[str]:
