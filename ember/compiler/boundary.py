@@ -158,14 +158,7 @@ class Boundary:
         run it again until a storage changes. Otherwise the views themselves
         were compared, and the next call must be checked again.
         """
-        for slot in self.updated:
-            if not env[slot][0].flags.writeable:
-                name = self.specs[slot].name
-                raise AliasError(
-                    f"argument %{name} is updated in place but is read-only",
-                    op=name,
-                    hint="pass a writable tensor",
-                )
+        self.check_writable(env)
         flats = []
         for slot in self.specs:
             flat = env[slot][0]
@@ -188,6 +181,19 @@ class Boundary:
                 hint="pass a copy (.clone()) of the tensor that views the other",
             )
         return False
+
+    def check_writable(self, env: Sequence[Storage]) -> None:
+        """AliasError unless every argument written in place is writable. Unlike
+        the overlap, this holds for no longer than one call: a storage's array can
+        be made read-only between calls without changing anything else."""
+        for slot in self.updated:
+            if not env[slot][0].flags.writeable:
+                name = self.specs[slot].name
+                raise AliasError(
+                    f"argument %{name} is updated in place but is read-only",
+                    op=name,
+                    hint="pass a writable tensor",
+                )
 
     def _argument(self, slot: int, spec: ArgSpec, flat: np.ndarray, base: int) -> int:
         np_dtype = spec.np_dtype

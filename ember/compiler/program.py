@@ -116,6 +116,8 @@ class ArgSpec:
         self._strides = _effective_strides(meta)
         self._extent = span(meta.shape, meta.strides, 0)[1]
         self.np_dtype = meta.dtype.np_dtype
+        #: The strides of a flat storage of this dtype (numpy's, in bytes).
+        self._flat_strides = (self.np_dtype.itemsize,)
 
     def check(self, position: int, value: Any) -> Storage:
         """The storage of ``value`` after checking it matches; SignatureError if not."""
@@ -339,6 +341,9 @@ class Program:
             }
             self._simple_results = [simple.get(k) for k in range(len(self.results))]
         self._arg_positions = {slot: i for i, slot in enumerate(self._arg_slots)}
+        self._updated_positions = [
+            i for i, slot in enumerate(self._arg_slots) if slot in self.donated.values()
+        ]
         self._input_count = sum(a.kind == "input" for a in self.args)
         self._targets = [None if a.kind == "input" else a.target for a in self.args]
         self._boundary = Boundary(
@@ -438,21 +443,20 @@ class Program:
         """
         assert self._simple_results is not None
         resident = self._resident
-        if (
-            resident is not None
-            and not changed
-            and self._repeated(values)
-            and self._lock.acquire(blocking=False)
-        ):
-            # The very arguments of the last call: nothing to check or bind.
+        env: list[Any] | None = None
+        if resident is not None and not changed and self._lock.acquire(blocking=False):
+            # The repeat is checked holding the lock: another thread's call in
+            # between would leave its own addresses in the launch tables.
             try:
-                env: list[Any] = list(self._env)
-                self._fresh_arrays(env, resident)
-                for run in resident.runs:
-                    run()
+                if self._repeated(values):
+                    # The very arguments of the last call: nothing to check.
+                    env = list(self._env)
+                    self._fresh_arrays(env, resident)
+                    for run in resident.runs:
+                        run()
             finally:
                 self._lock.release()
-        else:
+        if env is None:
             env = self._execute(values)
         return [
             None if entry is None else env[entry[0]][0]
@@ -548,7 +552,6 @@ class Program:
         last = resident.last
         boundary = self._boundary
         targets = resident.targets
-        moved = False  # whether some argument's storage is not the last call's
         with self._lock:
             for position, (spec, value, slot) in enumerate(
                 zip(self.args, values, self._arg_slots)
@@ -564,8 +567,12 @@ class Program:
                             continue
                         layout = spec.meta
                         offset = meta.offset
+                        # The flat array's dtype can be set in place (numpy
+                        # allows it for views): then its element count no longer
+                        # bounds the elements the kernels read.
                         if (
                             hit[4] is not None
+                            and flat.strides == spec._flat_strides
                             and meta.strides == layout.strides
                             and meta.shape == layout.shape
                             and meta.dtype is layout.dtype
@@ -578,17 +585,20 @@ class Program:
                                 resident.write(slot, address)
                             seen[position] = (meta, hit[1], offset, address, hit[4])
                             continue
+                # Forget that the storages were disjoint before a check here can
+                # fail: a later call passing what this one bound must check again.
+                self._disjoint = False
                 flat, base = env[slot] = spec.check(position, value)
                 address = None
                 if slot in targets:
                     address = boundary._argument(slot, spec, flat, base)
                     if last.get(slot) != address:
                         resident.write(slot, address)
-                moved = True
                 seen[position] = self._resident_entry(value, flat, base, address)
-            if boundary.updated and (moved or not self._disjoint):
-                self._disjoint = False
+            if boundary.updated and not self._disjoint:
                 self._disjoint = boundary.check_updated(env)  # type: ignore[arg-type]
+            elif boundary.updated:
+                boundary.check_writable(env)  # type: ignore[arg-type]
             self._fresh_arrays(env, resident)
             for run in resident.runs:
                 run()
@@ -604,6 +614,10 @@ class Program:
         try:
             for value, entry in zip(values, seen):
                 if value._meta is not entry[0] or value._storage.data is not entry[1]():
+                    return False
+            # Made read-only since: the general path refuses it.
+            for position in self._updated_positions:
+                if not values[position]._storage.data.flags.writeable:
                     return False
         except (AttributeError, TypeError):  # not a tensor, or never seen
             return False

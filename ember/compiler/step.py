@@ -28,9 +28,11 @@ gradient, Adam's moments at the first step) cannot be a program input before it
 exists, so the first call always runs eagerly, creating gradients and state; the
 second traces and compiles. A later call whose trace creates state (a parameter
 that gets its first gradient) discards that trace, restores the optimizer's state
-and runs eagerly; the next call traces again. Group options (``lr``, betas) are
-constants of the program and part of its signature: a changed learning rate
-compiles a new program.
+and runs eagerly; the next call traces again. A group's learning rate (a Python
+number; see :data:`TRACED_OPTIONS`) is a float64 0-d input read at every call, so
+a schedule reuses the program; the other group options (betas, momentum) are
+constants of the program and part of its signature: changing one compiles a new
+program.
 
     >>> import ember
     >>> model = ember.nn.Linear(3, 1)
@@ -241,6 +243,11 @@ class _Guard:
             objects.append(value)
             return f"o{len(objects) - 1}"
 
+        def subscript(key: Any) -> str:
+            # A string is written as a literal; any other key (an enum member,
+            # whose repr is no Python expression) is passed in as an object.
+            return repr(key) if type(key) is str else ref(key)
+
         terms: list[str] = []
         for opt in optimizers:
             o, groups, table = ref(opt), ref(opt.param_groups), ref(opt.state)
@@ -261,7 +268,7 @@ class _Guard:
                 for key, value in group.items():
                     if key in ("params", "param_names"):
                         continue
-                    item = f"{grp}[{key!r}]"
+                    item = f"{grp}[{subscript(key)}]"
                     if key in TRACED_OPTIONS and type(value) in (float, int):
                         # Read at every call: only its type matters.
                         terms.append(f"type({item}) is {ref(type(value))}")
@@ -284,7 +291,7 @@ class _Guard:
                         continue
                     terms.append(f"len({e}) == {len(entries)}")
                     for key, value in entries.items():
-                        item = f"{e}[{key!r}]"
+                        item = f"{e}[{subscript(key)}]"
                         if isinstance(value, Tensor):
                             terms.append(f"{item} is {ref(value)}")
                             terms.append(f"{item}._meta is {ref(value._meta)}")
@@ -570,11 +577,11 @@ class CompiledStep:
         if fast is not None:
             last = self._last
             if last is not None and fast == last[0]:
-                return self._run(last[1], args, state)
+                return self._run(last[1], args, state, plain=True)
             entry = self._fast.get(fast)
             if entry is not None:
                 self._last = (fast, entry)
-                return self._run(entry, args, state)
+                return self._run(entry, args, state, plain=True)
         leaves, spec = flatten((args, kwargs), lambda v: isinstance(v, Tensor))
         key = (
             _hashable(spec),
@@ -595,7 +602,7 @@ class CompiledStep:
                 self._fast.clear()
                 self._last = None
             self._fast[fast] = entry
-        return self._run(entry, leaves, state)
+        return self._run(entry, leaves, state, plain=fast is not None)
 
     def _run_eagerly(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], key: tuple[Any, ...]
@@ -620,7 +627,16 @@ class CompiledStep:
             self._last = None
             logger.info("%s: dropped the oldest program", self.label)
 
-    def _run(self, entry: _StepProgram, leaves: Sequence[Tensor], state: _State) -> Any:
+    def _run(
+        self,
+        entry: _StepProgram,
+        leaves: Sequence[Tensor],
+        state: _State,
+        plain: bool = False,
+    ) -> Any:
+        """Run ``entry`` on the call's tensors ``leaves``; ``plain`` says they are
+        the call's positional arguments themselves (no keyword, nothing else), so
+        that the steady state (:class:`_Lean`) may serve the next call."""
         inputs = list(leaves)
         if state.numbers:
             inputs += [
@@ -638,7 +654,9 @@ class CompiledStep:
             # A missing target takes the general path, whose binding names it.
             values = inputs + [tensors[t] for t in direct.targets]
             result = _run_direct(entry, direct, values, state)
-            if not entry.reads_grads and all(type(a) is Tensor for a in leaves):
+            # A call with other arguments (a number, a default left out) has a
+            # spec the steady state does not compare: it never serves such calls.
+            if plain and not entry.reads_grads:
                 guard = _Guard(self.optimizers, state)
                 self._lean = _Lean(entry, direct, state, guard, leaves)
             return result
