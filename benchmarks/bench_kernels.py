@@ -17,12 +17,6 @@ Workloads (float32):
   batch 256; the reduced axis is outer in memory), launched as a compiled program
   launches it: prepared once (:meth:`CompiledKernel.prepare`), so the figure is the
   native call without the 5-15 us of per-call argument checks
-
-``--gemm`` times float32 matrix products 256xk @ kx256
-(k from 8 to 256, so 2**19 to 2**24 multiply-adds) as a compiled program runs
-them, one native gemm launch, whole on one thread and split in two halves on two
-threads, against ``np.matmul(a, b, out=c)`` in the same run, to place
-``blas.SPLIT_MIN_MACS``. Run it with ``OPENBLAS_NUM_THREADS=1``.
 """
 
 from __future__ import annotations
@@ -35,7 +29,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ember.compiler.codegen import blas, compile_kernel, launch
+from ember.compiler.codegen import compile_kernel, launch
 from ember.compiler.kernel import Buffer, LoopKernel, Reduce, Store, cast, load, op
 from ember.ir.dtypes import float32
 
@@ -270,59 +264,6 @@ def _thread_timings(
     return one, many
 
 
-def gemm_table(repeats: int) -> None:
-    """Time 256xk @ kx256 float32 products whole, split and with numpy, the three
-    alternating; print the median and the fastest run of each, in microseconds."""
-    print(f"{'k':>5}{'MACs':>6}{'numpy':>16}{'whole':>16}{'split':>16}", end="")
-    print(f"{'split/whole':>13}{'whole/np':>10}{'split/np':>10}")
-    print(f"{'':>11}" + f"{'median':>8}{'min':>8}" * 3)
-    rng = np.random.default_rng(2)
-    for k in (8, 16, 32, 64, 128, 256):
-        times = _gemm_timings(rng, k, repeats)
-        med = {name: statistics.median(t) for name, t in times.items()}
-        line = f"{k:>5}{'2^' + str((BATCH * HIDDEN * k).bit_length() - 1):>6}"
-        for name, seconds in times.items():
-            line += f"{med[name] * 1e6:>8.1f}{min(seconds) * 1e6:>8.1f}"
-        line += f"{med['split'] / med['whole']:>13.2f}"
-        line += f"{med['whole'] / med['numpy']:>10.2f}"
-        print(line + f"{med['split'] / med['numpy']:>10.2f}")
-
-
-def _gemm_timings(
-    rng: np.random.Generator, k: int, repeats: int
-) -> dict[str, list[float]]:
-    """Seconds per run of numpy, the whole launch and the split launch, alternating."""
-    a = rng.standard_normal((BATCH, k), dtype=np.float32)
-    b = rng.standard_normal((k, HIDDEN), dtype=np.float32)
-    c = np.empty((BATCH, HIDDEN), np.float32)
-    gemm = blas.Gemm.plan(
-        float32,
-        ((BATCH, k), (k, 1), 0),
-        ((k, HIDDEN), (HIDDEN, 1), 0),
-        ((BATCH, HIDDEN), (HIDDEN, 1), 0),
-    )
-    assert gemm is not None, "no BLAS gemm in this process"
-    saved = blas.SPLIT_MIN_MACS
-    blas.SPLIT_MIN_MACS = 0  # split every size, to find where it pays
-    try:
-        prepared = gemm.prepare([a.reshape(-1), b.reshape(-1), c.reshape(-1)])
-    finally:
-        blas.SPLIT_MIN_MACS = saved
-    runs: dict[str, Callable[[], object]] = {
-        "numpy": lambda: np.matmul(a, b, out=c),
-        "whole": lambda: prepared.run(parallel=False),
-        "split": lambda: prepared.run(parallel=True),
-    }
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, fn in runs.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    np.testing.assert_array_equal(c, a @ b)
-    return times
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
@@ -331,16 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="measure the size where threads start to pay",
     )
-    parser.add_argument(
-        "--gemm",
-        action="store_true",
-        help="time float32 gemm whole and split on two threads against numpy",
-    )
     args = parser.parse_args(argv)
     repeats = 15 if args.quick else 60
-    if args.gemm:
-        gemm_table(repeats * 10)
-        return 0
     if args.threshold:
         threshold_table(repeats * 3)
         return 0

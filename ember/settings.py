@@ -78,14 +78,6 @@ SETTINGS: dict[str, Setting] = {
             False,
             "verify the graph after every compiler pass",
         ),
-        Setting(
-            "gemm_split",
-            "EMBER_GEMM_SPLIT",
-            _parse_bool,
-            False,
-            "let large float32 matrix products of compiled programs run as two "
-            "halves on two threads (docs/codegen.md)",
-        ),
     ]
 }
 

@@ -16,13 +16,6 @@ wheels bundle OpenBLAS as ``scipy_openblas``, whose symbols carry the suffix
 ``64_`` and take 64-bit integers). When none is found, :func:`gemm_entry`
 returns None and matmuls stay with ``np.matmul``.
 
-A float32 product of at least :data:`SPLIT_MIN_MACS` multiply-adds may run as
-two halves of its rows at once, one on the calling thread and one on the
-launcher's worker thread, when its own timings say a core is free
-(:class:`~ember.compiler.codegen.launch.ThreadChooser`); such a launch runs on
-its own rather than inside a sequence. Each element of the product is computed
-by the same arithmetic either way (docs/codegen.md, "Gemm on two threads").
-
     >>> from ember.ir import dtypes
     >>> plan = Gemm.plan(dtypes.float32, ((2, 3), (3, 1), 0), ((3, 2), (2, 1), 0),
     ...                  ((2, 2), (2, 1), 0))
@@ -35,14 +28,12 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from ember import settings
-from ember.compiler.codegen import launch, target
+from ember.compiler.codegen import target
 from ember.errors import SignatureError
 from ember.ir import dtypes
 from ember.ir.dtypes import DType
@@ -64,25 +55,6 @@ _LETTER = {dtypes.float32: "s", dtypes.float64: "d"}
 
 #: The pointer array's integer fields after the pointers and flags, in order.
 _INTEGERS = ("m", "n", "k", "lda", "ldb", "ldc")
-#: Positions in the pointer array.
-_A, _B, _C, _TA, _M, _LDA, _LDC = 0, 1, 2, 4, 6, 9, 11
-
-#: Products of at least this many multiply-adds may split their rows in two halves
-#: run on two threads. Measured with ``benchmarks/bench_kernels.py --gemm`` on the
-#: shared 2-CPU machine: the median split of a 256x256x256 float32 product (2**24)
-#: beat the median whole one in some runs, of 256x256x128 in none (waking the
-#: worker costs 30-60 us, and each half runs 10-30% slower beside the other than
-#: alone; docs/codegen.md has the table).
-SPLIT_MIN_MACS = 1 << 24
-#: The first half's row count is a multiple of this (the register tiles of
-#: OpenBLAS's float32 kernels are 16 rows at most), so the halves' tiles start
-#: where the whole product's do.
-SPLIT_ROWS = 16
-#: Dtypes whose products split. OpenBLAS's float64 kernels (SkylakeX, 0.3.31)
-#: compute some elements of the edge tiles differently in a half than in the
-#: whole product when a dimension is not a multiple of their tile, so float64
-#: products always run whole.
-SPLIT_DTYPES = (dtypes.float32,)
 
 
 def _gemm_ir(width: int, float_type: str) -> str:
@@ -160,27 +132,6 @@ def gemm_entry(dtype: DType) -> tuple[Any, int, int, int] | None:
     return engine, addresses["ember_gemm"], gemm.value or 0, width
 
 
-@functools.cache
-def _blas_threads_function() -> Any:
-    """OpenBLAS's ``openblas_get_num_threads`` next to the gemm, or None."""
-    found = _blas_library()
-    if found is None:
-        return None
-    library, pattern, _ = found
-    name = pattern.replace("cblas_{}gemm", "openblas_get_num_threads")
-    function = getattr(library, name, None)
-    if function is not None:
-        function.restype = ctypes.c_int
-        function.argtypes = []
-    return function
-
-
-def blas_threads() -> int:
-    """How many threads the BLAS runs a product on (1 when it cannot say)."""
-    function = _blas_threads_function()
-    return 1 if function is None else max(1, int(function()))
-
-
 def _operand_layout(
     rows: int, cols: int, strides: tuple[int, int]
 ) -> tuple[int, int] | None:
@@ -233,19 +184,6 @@ class Gemm:
         fields += [layout_a[1], layout_b[1], layout_c[1]]
         return cls(dtype, (a, b, c), fields)
 
-    @property
-    def split_rows(self) -> int:
-        """The rows of the product's first half when it may run as two halves,
-        else 0: a float32 product of at least ``SPLIT_MIN_MACS`` multiply-adds
-        with at least ``2 * SPLIT_ROWS`` rows, when the ``gemm_split`` setting
-        (``EMBER_GEMM_SPLIT=1``) is on."""
-        m, n, k = self.fields[_M : _M + 3]
-        if self.dtype not in SPLIT_DTYPES or m * n * k < SPLIT_MIN_MACS:
-            return 0
-        if not settings.get("gemm_split"):
-            return 0  # off by default: it did not pay on the machines we measure
-        return m // 2 // SPLIT_ROWS * SPLIT_ROWS
-
     def describe(self) -> str:
         (m, k), (_, n) = self.matrices[0][0], self.matrices[1][0]
         flags = "".join("T" if f == _TRANS else "N" for f in self.fields[4:6])
@@ -255,6 +193,8 @@ class Gemm:
         """A launch whose checks run now; ``memory`` gives, for a, b and c, a
         fixed flat storage or a :class:`~ember.compiler.codegen.launch.Region`
         passed by address per call (as for ``CompiledKernel.prepare``)."""
+        from ember.compiler.codegen.launch import Region
+
         if len(memory) != 3:
             raise SignatureError(f"{self.describe()} takes 3 operands", expected=3)
         args = (ctypes.c_int64 * 12)(*self.fields)
@@ -263,7 +203,7 @@ class Gemm:
         for position, (matrix, given) in enumerate(zip(self.matrices, memory)):
             needed = _extent(matrix)
             delta = matrix[2] * self.itemsize
-            if isinstance(given, launch.Region):
+            if isinstance(given, Region):
                 if given.dtype != self.dtype or given.elements < needed:
                     self._fail(position, f"a {self.dtype.name} region of {needed}")
                 if position == 2 and not given.private:
@@ -296,31 +236,15 @@ class Gemm:
         )
 
 
-class GemmChooser(launch.ThreadChooser):
-    """The thread choice of a gemm that may split: a kernel's, but the kind that
-    lost is tried again every 64th run instead of every 16th, since trying the
-    split of a 256x256x256 product on a loaded machine cost 100-300 us (a kernel
-    launch loses a few)."""
-
-    PROBE_EVERY = 64
-
-
 class GemmLaunch:
     """A gemm checked once by :meth:`Gemm.prepare`, with the interface of a
     :class:`~ember.compiler.codegen.launch.PreparedLaunch`.
 
     The pointer array holds a, b, c, the gemm's address, the two transpose
     flags, m, n, k and the three leading dimensions.
-
-    A product that may split (:attr:`Gemm.split_rows`) is not sequenceable: it
-    runs on its own, whole on the calling thread or as two halves of its rows at
-    once, one of them on the launcher's worker thread, as its ``chooser`` picks
-    from its timings. The halves have pointer arrays of their own, derived from
-    the full one on every run (addresses reach the full one through
-    :attr:`targets`): the first half reads the first ``split_rows`` rows of a
-    and writes those of c, the second the rest, both all of b, so each stays
-    inside the memory that :meth:`Gemm.prepare` checked for the whole.
     """
+
+    sequenceable = True
 
     def __init__(self, gemm: Gemm, args: Any, variable: list[tuple[int, int]]) -> None:
         self.gemm = gemm
@@ -331,25 +255,6 @@ class GemmLaunch:
         self._engine = entry[0]
         self._entry = entry[1]
         self._call = _ENTRY(entry[1])
-        self.split_rows = gemm.split_rows
-        #: Whether a LaunchSequence may run it: only a product that never splits.
-        self.sequenceable = not self.split_rows
-        self.chooser: launch.ThreadChooser = GemmChooser()
-        self.halves = ((ctypes.c_int64 * 12)(*args), (ctypes.c_int64 * 12)(*args))
-        if self.split_rows:
-            self._prepare_halves()
-
-    def _prepare_halves(self) -> None:
-        """Set the halves' row counts and the byte steps from the full product's
-        a and c to the second half's."""
-        rows, fields, itemsize = self.split_rows, self.gemm.fields, self.gemm.itemsize
-        first, second = self.halves
-        first[_M], second[_M] = rows, fields[_M] - rows
-        # Row i of op(a) starts at row i of a stored as is, at column i of a
-        # stored transposed; c is always row-major.
-        a_rows = fields[_LDA] if fields[_TA] == _NO_TRANS else 1
-        self._a_step = rows * a_rows * itemsize
-        self._c_step = rows * fields[_LDC] * itemsize
 
     @property
     def regions(self) -> int:
@@ -375,38 +280,6 @@ class GemmLaunch:
         self.fill(addresses)
         self.run()
 
-    def run(self, parallel: bool | None = None) -> None:
-        """Run on the addresses written last: whole, or as two halves at once
-        when ``parallel`` is True. None lets the chooser decide for a product
-        that may split, from the timings of earlier runs, when the BLAS itself
-        runs on one thread."""
-        if not self.split_rows or parallel is False:
-            self._call(self._args, 0, 1)
-            return
-        if parallel:
-            self._run_halves()
-            return
-        if blas_threads() > 1:
-            self._call(self._args, 0, 1)
-            return
-        chosen = self.chooser.choose()
-        start = time.perf_counter()
-        if chosen:
-            self._run_halves()
-        else:
-            self._call(self._args, 0, 1)
-        self.chooser.record(chosen, time.perf_counter() - start)
-
-    def _run_halves(self) -> None:
-        """Run the second half on the worker thread while this thread runs the
-        first; run it here too if the worker has not started by then."""
-        args, (first, second) = self._args, self.halves
-        a, b, c = args[_A], args[_B], args[_C]
-        first[_A], first[_B], first[_C] = a, b, c
-        second[_A], second[_B], second[_C] = a + self._a_step, b, c + self._c_step
-        pending = launch._worker_pool().submit(self._call, second, 0, 1)
-        self._call(first, 0, 1)
-        if pending.cancel():
-            self._call(second, 0, 1)
-        else:
-            pending.result()
+    def run(self) -> None:
+        """Run on the addresses written last."""
+        self._call(self._args, 0, 1)
