@@ -17,6 +17,7 @@ from ember.errors import AliasError, LayoutError, SignatureError
 from ember.ir.dtypes import float32
 from ember.ir.meta import TensorMeta
 from ember.runtime.tensor import Tensor
+from tests.test_in_place import _Update
 
 
 def _scaled_step():
@@ -190,17 +191,6 @@ def test_a_group_option_with_a_key_that_is_not_a_string_is_guarded():
     np.testing.assert_allclose(
         model.weight.numpy(), eager_model.weight.numpy(), rtol=1e-5
     )
-
-
-class _Update(nn.Module):
-    """Reads ``w`` and writes ``w * 0.5 + x`` over it (output 1, donated)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.w = nn.Parameter(ember.ones(4, 3))
-
-    def forward(self, x):
-        return (self.w * x).sum(), self.w * 0.5 + x
 
 
 def test_an_alias_passed_in_a_call_that_failed_later_is_still_refused():

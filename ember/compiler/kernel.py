@@ -737,7 +737,8 @@ def coalesce(kernel: LoopKernel) -> LoopKernel:
 
     Axes ``k`` and ``k+1`` of the same group (outer or inner) merge when each load, and
     each store with explicit strides, has ``stride[k] == stride[k+1] * extent[k+1]``;
-    other stores write densely, so their index is unchanged. Fewer, longer loops vectorize better and split evenly across threads.
+    other stores write densely, so their index is unchanged. Fewer, longer loops
+    vectorize better and split evenly across threads.
     """
     walks = [n.strides for n in kernel.expressions() if isinstance(n, Load)]
     walks += [s.strides for s in kernel.stages if isinstance(s, Store) and s.strides]

@@ -678,13 +678,13 @@ class CompiledStep:
             target = tensors[name]
             storage = target._storage
             whole, source = storage.data, value._storage.data
-            if value._storage is storage:
-                pass  # the program wrote the new value in place
-            elif flat and whole.shape == source.shape:
-                # Both fill their whole flat buffers in order: one flat copy.
-                np.copyto(whole, source)
-            else:
-                np.copyto(target.numpy(), value.numpy())
+            # A value the program wrote over the target in place needs no copy.
+            if value._storage is not storage:
+                if flat and whole.shape == source.shape:
+                    # Both fill their whole flat buffers in order: one flat copy.
+                    np.copyto(whole, source)
+                else:
+                    np.copyto(target.numpy(), value.numpy())
             storage.version += 1
         params = state.params
         for name, index in entry.grads:
