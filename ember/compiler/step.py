@@ -361,8 +361,8 @@ class _Lean:
                 changed = True
         try:
             holds = self.guard.holds()
-        except (KeyError, IndexError, TypeError, AttributeError):
-            holds = False  # an option or state entry gone: gather again
+        except Exception:  # noqa: BLE001 - an option gone or not comparable
+            holds = False  # the general path gathers the state again
         if not holds:
             return _MISS
         state, direct, entry = self.state, self.direct, self.entry
