@@ -59,6 +59,7 @@ program.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import logging
@@ -235,8 +236,7 @@ class _Guard:
     call of a compiled step. ``source`` is its text.
     """
 
-    def __init__(self, optimizers: list[Any], state: _State) -> None:
-        self.state = state
+    def __init__(self, optimizers: list[Any]) -> None:
         objects: list[Any] = []
 
         def ref(value: Any) -> str:
@@ -328,7 +328,10 @@ class _Lean:
     ) -> None:
         self.entry = entry
         self.direct = direct
-        self.state = state
+        # The state without the gradients it was gathered with: they are replaced
+        # at every step, and holding them would keep their arrays from recycling.
+        tensors = {k: t for k, t in state.tensors.items() if not k.endswith(".grad")}
+        self.state = dataclasses.replace(state, tensors=tensors)
         self.guard = guard
         self.metas = [a._meta for a in args]
         self.layouts = [(m.shape, m.dtype, m.strides) for m in self.metas]
@@ -657,7 +660,7 @@ class CompiledStep:
             # A call with other arguments (a number, a default left out) has a
             # spec the steady state does not compare: it never serves such calls.
             if plain and not entry.reads_grads:
-                guard = _Guard(self.optimizers, state)
+                guard = _Guard(self.optimizers)
                 self._lean = _Lean(entry, direct, state, guard, leaves)
             return result
         if entry.interpreted:
