@@ -78,6 +78,13 @@ SETTINGS: dict[str, Setting] = {
             False,
             "verify the graph after every compiler pass",
         ),
+        Setting(
+            "concurrent_products",
+            "EMBER_CONCURRENT",
+            _parse_bool,
+            True,
+            "run independent large matrix products of a program on two threads",
+        ),
     ]
 }
 

@@ -224,6 +224,52 @@ def test_the_steady_state_does_not_gather_the_optimizer_state_again(monkeypatch)
     compiled(ember.full((8, 3), 0.5), y)  # a new batch of the same layout
 
 
+def test_an_epoch_with_a_shorter_last_batch_keeps_both_steady_states(monkeypatch):
+    from ember.compiler import step as step_module
+
+    model, opt, step = _step(lambda p: optim.SGD(p, lr=0.1, momentum=0.9))
+    compiled = ember.compile(step, backend="llvm")
+    data = ember.tensor(np.linspace(-1, 1, 30 * 3, dtype=np.float32).reshape(30, 3))
+    target = ember.zeros(30, 1)
+    batches = [(data[s : s + 8], target[s : s + 8]) for s in range(0, 30, 8)]
+    for xb, yb in batches * 2:  # eager, traced and compiled for both layouts
+        compiled(xb, yb)
+
+    def refuse(*args):
+        raise AssertionError("the state was gathered or guarded again")
+
+    monkeypatch.setattr(step_module, "_gather", refuse)
+    monkeypatch.setattr(step_module, "_Guard", refuse)
+    for xb, yb in batches * 3:
+        compiled(xb, yb)
+    assert len(compiled._leans) == 2
+
+    # Eager steps on a copy of the model reach the same parameters.
+    monkeypatch.undo()
+    twin, twin_opt, twin_step = _step(lambda p: optim.SGD(p, lr=0.1, momentum=0.9))
+    for xb, yb in batches * 5:
+        twin_step(xb, yb)
+    for p, q in zip(model.parameters(), twin.parameters()):
+        np.testing.assert_allclose(p.numpy(), q.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_changed_state_drops_every_steady_state():
+    model, opt, step = _step(lambda p: optim.SGD(p, lr=0.1, momentum=0.9))
+    compiled = ember.compile(step, backend="llvm")
+    x8, x5 = ember.ones(8, 3), ember.ones(5, 3)
+    y8, y5 = ember.zeros(8, 1), ember.zeros(5, 1)
+    for _ in range(2):
+        compiled(x8, y8)
+        compiled(x5, y5)
+    assert len(compiled._leans) == 2
+    opt.param_groups[0]["momentum"] = 0.5  # traced as a constant: a new program
+
+    compiled(x8, y8)
+
+    assert len(compiled._leans) == 1
+    assert compiled._leans[0].guard.holds()
+
+
 def _set_lr(model, opt):
     opt.param_groups[0]["lr"] = 0.05
 

@@ -282,10 +282,16 @@ def _check_inside_owner(spec: ArgSpec, flat: np.ndarray) -> None:
         )
 
 
-def sequenced(schedule: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+def sequenced(
+    schedule: list[tuple[Any, ...]], pairs: set[int] | None = None
+) -> list[tuple[Any, ...]]:
     """The schedule with each run of two or more consecutive prepared launches that
-    can share one native call replaced by a (steps, LaunchSequence, slots) entry."""
-    from ember.compiler.codegen.launch import LaunchSequence
+    can share one native call replaced by a (steps, LaunchSequence, slots) entry,
+    and each pair of products at ``pairs`` (the index of its first step, see
+    :mod:`ember.compiler.concurrency`) by a (steps, ConcurrentLaunches, slots)
+    entry when both were prepared."""
+    from ember.compiler.codegen.blas import GemmLaunch, blas_multithreaded
+    from ember.compiler.codegen.launch import ConcurrentLaunches, LaunchSequence
 
     grouped: list[tuple[Any, ...]] = []
     run: list[tuple[Any, ...]] = []
@@ -300,7 +306,20 @@ def sequenced(schedule: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
             grouped.extend(run)
         run.clear()
 
-    for entry in schedule:
+    pairs = pairs or set()
+    for index, entry in enumerate(schedule):
+        if index - 1 in pairs and isinstance(grouped[-1][1], ConcurrentLaunches):
+            continue
+        partner = schedule[index + 1] if index in pairs else None
+        if partner is not None and all(
+            isinstance(e[1], GemmLaunch) for e in (entry, partner)
+        ):
+            close_run()
+            launches = ConcurrentLaunches(
+                [entry[1], partner[1]], busy=blas_multithreaded
+            )
+            grouped.append(((entry[0], partner[0]), launches, entry[2] + partner[2]))
+            continue
         if getattr(entry[1], "sequenceable", False):
             run.append(entry)
         else:

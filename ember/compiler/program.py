@@ -33,7 +33,9 @@ from typing import Any
 
 import numpy as np
 
+from ember import settings
 from ember.compiler.boundary import Boundary, first_address, sequenced
+from ember.compiler.concurrency import pair_products, step_times
 from ember.errors import SignatureError
 from ember.ir.layout import span, within_bounds
 from ember.ir.meta import TensorMeta
@@ -308,11 +310,16 @@ class Program:
         #: Results written over an argument in place, by index: their argument's
         #: slot. :meth:`run_fresh_arrays` hands back None for them.
         self.donated = dict(donated or {})
+        # Independent large products stand in pairs that run side by side.
+        pairs: set[int] = set()
+        if settings.get("concurrent_products"):
+            steps, pairs = pair_products(steps)
         self.steps = tuple(steps)
         self.results = tuple(results)
         self._arg_slots = tuple(arg_slots)
         sizes = {slot: meta.nbytes for slot, meta in intermediates.items()}
-        self.plan = BufferPlan(sizes, _lifetimes(self.steps, set(intermediates)))
+        times = step_times(len(self.steps), pairs)
+        self.plan = BufferPlan(sizes, _lifetimes(self.steps, set(intermediates), times))
         env: list[Storage | None] = [None] * slot_count
         for slot, value in constants.items():
             env[slot] = (value.reshape(-1), 0)
@@ -350,7 +357,7 @@ class Program:
             self.args, self._arg_slots, fresh, self.plan, set(self.donated.values())
         )
         self._schedule = sequenced(
-            [self._boundary.prepare(step, env) for step in self.steps]
+            [self._boundary.prepare(step, env) for step in self.steps], pairs
         )
         self._resident = _Resident.of(self._schedule)
         # Per argument: what _execute_resident keeps of the last tensor passed,
@@ -728,8 +735,18 @@ class Program:
         :class:`~ember.compiler.codegen.launch.LaunchSequence`)."""
         return [
             [step.name for step in steps]
-            for steps, _, _ in self._schedule
-            if isinstance(steps, tuple)
+            for steps, launch, _ in self._schedule
+            if isinstance(steps, tuple) and not getattr(launch, "concurrent", False)
+        ]
+
+    @property
+    def concurrent(self) -> list[list[str]]:
+        """The products run side by side, pair by pair (see
+        :mod:`ember.compiler.concurrency`)."""
+        return [
+            [step.name for step in steps]
+            for steps, launch, _ in self._schedule
+            if getattr(launch, "concurrent", False)
         ]
 
     def describe(self) -> str:
@@ -788,10 +805,12 @@ def _fixed_layout(
     return TensorMeta(meta.shape, meta.dtype, meta.strides, operand.offset)
 
 
-def _lifetimes(steps: Sequence[Step], planned: set[int]) -> dict[int, tuple[int, int]]:
-    """First write and last read (as step indices) of every planned slot."""
+def _lifetimes(
+    steps: Sequence[Step], planned: set[int], times: Sequence[int]
+) -> dict[int, tuple[int, int]]:
+    """First write and last read (as step ``times``) of every planned slot."""
     lifetimes: dict[int, tuple[int, int]] = {}
-    for index, step in enumerate(steps):
+    for index, step in zip(times, steps):
         for operand in step.writes:
             if operand.slot in planned and operand.slot not in lifetimes:
                 lifetimes[operand.slot] = (index, index)

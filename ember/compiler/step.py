@@ -367,7 +367,7 @@ class _Lean:
         except Exception:  # noqa: BLE001 - an option gone or not comparable
             holds = False  # the general path gathers the state again
         if not holds:
-            return _MISS
+            return _STALE
         state, direct, entry = self.state, self.direct, self.entry
         values = list(args)
         for owner, key, number in self.numbers:
@@ -390,8 +390,12 @@ class _Lean:
         return unflatten(entry.output_spec, results)
 
 
-#: What :meth:`_Lean.run` returns when the general path must run the call.
+#: What :meth:`_Lean.run` returns when the general path must run the call: for
+#: arguments of other layouts, and for a state that changed since (``_STALE``).
 _MISS: Any = object()
+_STALE: Any = object()
+#: Steady states a compiled step keeps, each for other argument layouts.
+LEANS_KEPT = 4
 
 
 # Tracing a step --------------------------------------------------------------------
@@ -548,8 +552,10 @@ class CompiledStep:
         # compares equal element by element by identity, without hashing the
         # metas in it as a dict lookup does.
         self._last: tuple[tuple[Any, ...], _StepProgram] | None = None
-        # The steady state of the last call, when it can serve the next.
-        self._lean: _Lean | None = None
+        # The steady states of the last calls with different argument layouts
+        # (the full batches of an epoch and its shorter last one), the most
+        # recent first; they share one guard, since they share the state.
+        self._leans: list[_Lean] = []
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -559,7 +565,7 @@ class CompiledStep:
             # An argument shares memory with a tensor the program updates in
             # place (nothing was written yet): this call runs eagerly.
             logger.info("%s runs this call eagerly: %s", self.label, error.message)
-            self._lean = None
+            self._leans = []
             self.eager_calls += 1
             return self.fn(*args, **kwargs)
 
@@ -569,12 +575,19 @@ class CompiledStep:
             self.calls = self.eager_calls = 1
             return self.fn(*args, **kwargs)
         self.calls += 1
-        lean = self._lean
-        if lean is not None and not kwargs:
-            result = lean.run(args)
-            if result is not _MISS:
-                return result
-            self._lean = None
+        leans = self._leans
+        if leans and not kwargs:
+            for lean in leans:
+                result = lean.run(args)
+                if result is _STALE:
+                    # The state changed: no steady state serves this call.
+                    self._leans = []
+                    break
+                if result is not _MISS:
+                    if lean is not leans[0]:
+                        leans.remove(lean)
+                        leans.insert(0, lean)
+                    return result
         state = _gather(self.optimizers, self._names)
         fast = None if kwargs else _fast_key(args, state)
         if fast is not None:
@@ -660,8 +673,7 @@ class CompiledStep:
             # A call with other arguments (a number, a default left out) has a
             # spec the steady state does not compare: it never serves such calls.
             if plain and not entry.reads_grads:
-                guard = _Guard(self.optimizers)
-                self._lean = _Lean(entry, direct, state, guard, leaves)
+                self._remember_lean(_Lean(entry, direct, state, self._guard(), leaves))
             return result
         if entry.interpreted:
             # The interpreter runs eager ops: no autograd history on the results.
@@ -696,6 +708,28 @@ class CompiledStep:
             owner, k, _ = state.numbers[number]
             owner[k] = type(owner[k])(outputs[index].item())
         return unflatten(entry.output_spec, outputs[: entry.num_results])
+
+    def _guard(self) -> _Guard:
+        """A guard of the optimizers' state now: a steady state's when it still
+        holds (generating one costs far more than checking it), else a new one."""
+        for lean in self._leans:
+            try:
+                if lean.guard.holds():
+                    return lean.guard
+            except Exception:  # noqa: BLE001 - an option gone or not comparable
+                pass
+            break
+        return _Guard(self.optimizers)
+
+    def _remember_lean(self, lean: _Lean) -> None:
+        """Put ``lean`` first; keep the others while their guard is the same (the
+        state did not change) and they serve other layouts, at most LEANS_KEPT."""
+        kept = [
+            other
+            for other in self._leans
+            if other.guard is lean.guard and other.layouts != lean.layouts
+        ]
+        self._leans = [lean, *kept[: LEANS_KEPT - 1]]
 
     def _build(
         self,

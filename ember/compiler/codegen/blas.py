@@ -116,6 +116,43 @@ def _blas_library() -> tuple[Any, str, int] | None:
     return None
 
 
+#: How OpenBLAS builds name the call that reports its thread count.
+_THREAD_SYMBOLS = (
+    "scipy_openblas_get_num_threads64_",
+    "scipy_openblas_get_num_threads",
+    "openblas_get_num_threads64_",
+    "openblas_get_num_threads",
+)
+
+
+@functools.cache
+def _thread_count_entry() -> Any:
+    found = _blas_library()
+    if found is None:
+        return None
+    for name in _THREAD_SYMBOLS:
+        entry = getattr(found[0], name, None)
+        if entry is not None:
+            entry.restype = ctypes.c_int
+            entry.argtypes = []
+            return entry
+    return None
+
+
+def blas_threads() -> int | None:
+    """How many threads numpy's BLAS runs a product on now (it may change at run
+    time, through ``threadpoolctl`` say), or None when the BLAS does not say."""
+    entry = _thread_count_entry()
+    return None if entry is None else int(entry())
+
+
+def blas_multithreaded() -> bool:
+    """Whether a BLAS product may take more than the calling thread (unknown
+    counts as yes): running two side by side would then oversubscribe."""
+    threads = blas_threads()
+    return threads is None or threads > 1
+
+
 @functools.cache
 def gemm_entry(dtype: DType) -> tuple[Any, int, int, int] | None:
     """(JIT engine, native entry address, gemm address, integer width) for

@@ -536,7 +536,7 @@ class LaunchSequence:
             )
         for (args, position, delta), address in zip(self._targets, addresses):
             args[position] = address + delta
-        self._run(self._table, len(self.launches))
+        self.run()
 
     @property
     def targets(self) -> list[tuple[Any, int, int]]:
@@ -546,6 +546,82 @@ class LaunchSequence:
     def run(self) -> None:
         """Run on the addresses written last."""
         self._run(self._table, len(self.launches))
+
+
+#: The claiming loop of :class:`ConcurrentLaunches`: each thread that calls it takes
+#: the next unclaimed record of the table (kind 0 only, see _SEQUENCE_IR) until
+#: none is left.
+_CLAIM_IR = """
+define void @ember_claim(ptr %table, ptr %next, i64 %count, i64 %unused) {
+entry:
+  br label %claim
+claim:
+  %i = atomicrmw add ptr %next, i64 1 monotonic
+  %more = icmp slt i64 %i, %count
+  br i1 %more, label %work, label %done
+work:
+  %record = getelementptr [8 x i64], ptr %table, i64 %i
+  %fn = load ptr, ptr %record
+  %args.at = getelementptr i64, ptr %record, i64 1
+  %args = load ptr, ptr %args.at
+  %a.at = getelementptr i64, ptr %record, i64 2
+  %a = load i64, ptr %a.at
+  %b.at = getelementptr i64, ptr %record, i64 3
+  %b = load i64, ptr %b.at
+  call void %fn(ptr %args, i64 %a, i64 %b)
+  br label %claim
+done:
+  ret void
+}
+"""
+
+
+@functools.cache
+def _claim_entry() -> tuple[Any, Any]:
+    """The JIT engine (kept alive here) and the entry of the claiming loop."""
+    code = target.emit_object(target.optimize(_CLAIM_IR, "ember_claim"))
+    engine, addresses = target.load_object(code, ["ember_claim"])
+    return engine, _CHUNKS(addresses["ember_claim"])
+
+
+class ConcurrentLaunches(LaunchSequence):
+    """Independent launches (matrix products) run side by side: the calling thread
+    and one pool worker each claim the next launch not yet taken, inside native
+    code, so a worker that starts late finds nothing left and the caller never
+    waits for a thread that did not start. Each launch runs whole on one thread,
+    so the results are the very bytes of running them in turn.
+
+    Like kernels without an explicit thread count, it times both ways
+    (:class:`ThreadChooser`) and runs the launches in turn while that is faster (a
+    busy second core), or while ``busy()`` says the launches would compete for
+    threads of their own (a BLAS that runs on several).
+    """
+
+    concurrent = True
+
+    def __init__(self, launches: Sequence[Any], busy: Any = None) -> None:
+        super().__init__(launches)
+        assert all(record[4] == 0 for record in self._records())
+        self._claim_engine, self._claim = _claim_entry()
+        self._busy = busy
+        self._chooser = ThreadChooser()
+
+    def _records(self) -> list[tuple[int, ...]]:
+        return [launch.record() for launch in self.launches]
+
+    def run(self) -> None:
+        """Run on the addresses written last."""
+        count = len(self.launches)
+        if default_threads() == 1 or (self._busy is not None and self._busy()):
+            self._run(self._table, count)
+            return
+        parallel = self._chooser.choose()
+        start = time.perf_counter()
+        if parallel:
+            _run_shared(self._claim, 2, self._table, count, 0)
+        else:
+            self._run(self._table, count)
+        self._chooser.record(parallel, time.perf_counter() - start)
 
 
 class ThreadChooser:
