@@ -182,3 +182,24 @@ def test_a_prepared_gemm_applies_operand_offsets():
 
     want = a[4:].reshape(2, 2) @ b.reshape(2, 2).T
     np.testing.assert_array_equal(c.reshape(2, 2), want)
+
+
+@pytest.mark.parametrize(
+    ("rows", "inner", "kind"),
+    [(512, 100, GemmStep), (512, 64, GemmStep), (512, 32, None), (8, 8, None)],
+)
+def test_a_matrix_vector_product_with_a_long_inner_dimension_goes_to_blas(
+    rows, inner, kind
+):
+    x, w, y = rand(rows, inner), rand(inner, 1), rand(rows, 1)
+
+    def fit(x, w, y):
+        return (x @ w + 0.5 - y).relu()
+
+    program = compile_llvm(trace(fit, *[ember.tensor(a) for a in (x, w, y)]))
+    (out,) = program.run_arrays(x, w, y)
+
+    assert matmul_steps(program) == ([] if kind is None else [kind])
+    np.testing.assert_allclose(
+        out, np.maximum(x @ w + 0.5 - y, 0), rtol=1e-5, atol=1e-5
+    )

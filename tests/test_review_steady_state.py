@@ -227,3 +227,39 @@ def test_a_storage_reinterpreted_in_place_as_another_dtype_is_refused():
 
     with pytest.raises(SignatureError, match="int32"):
         program.run_fresh_arrays([x])
+
+
+def test_an_argument_between_two_planned_buffers_but_on_neither_is_clear_of_them():
+    program = compile_llvm(trace(lambda x: (x * 2.0).exp() + 1.0, ember.ones(4, 3)))
+    boundary = program._boundary
+    boundary.planned = [(100, 200), (1000, 1100)]
+    boundary.hull = (100, 1100)
+
+    assert boundary.clear_of_planned(300, 900)  # inside the hull, on no buffer
+    assert boundary.clear_of_planned(0, 100) and boundary.clear_of_planned(1100, 1200)
+    assert not boundary.clear_of_planned(150, 160)
+    assert not boundary.clear_of_planned(900, 1001)
+
+
+def test_new_batches_of_a_large_dataset_are_checked_for_their_bounds_only(
+    monkeypatch,
+):
+    from ember.compiler import program as program_module
+
+    data = ember.tensor(np.linspace(-1, 1, 4096 * 25, dtype=np.float32).reshape(-1, 25))
+    fn = lambda x: ((x * 2.0).exp() + 1.0).sum(1)  # noqa: E731 - planned buffers
+    program = compile_llvm(trace(fn, data[:64]))
+    program.run_fresh_arrays([data[:64]])
+    checked = []
+    full_check = program_module.ArgSpec.check
+
+    def check(self, position, value):
+        checked.append(position)
+        return full_check(self, position, value)
+
+    monkeypatch.setattr(program_module.ArgSpec, "check", check)
+    for start in range(64, 4096, 64):
+        (row_sums,) = program.run_fresh_arrays([data[start : start + 64]])
+        want = (np.exp(data.numpy()[start : start + 64] * 2) + 1).sum(1)
+        np.testing.assert_allclose(row_sums, want, rtol=1e-5)
+    assert checked == []

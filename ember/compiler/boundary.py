@@ -222,6 +222,16 @@ class Boundary:
             self._check_private(spec, start, stop)
         return start
 
+    def clear_of_planned(self, start: int, stop: int) -> bool:
+        """Whether the bytes ``[start, stop)`` overlap no planned buffer (not
+        merely their hull: a large argument may lie between two of them)."""
+        low, high = self.hull
+        if not (start < high and low < stop):
+            return True
+        return not any(
+            start < b_high and b_low < stop for b_low, b_high in self.planned
+        )
+
     def _check_private(self, spec: ArgSpec, start: int, stop: int) -> None:
         for low, high in self.planned:
             if start < high and low < stop:

@@ -641,8 +641,7 @@ class Program:
         whole = None
         if address is not None:
             start = address - base * flat.itemsize
-            low, high = self._boundary.hull
-            if not (start < high and low < start + flat.nbytes):
+            if self._boundary.clear_of_planned(start, start + flat.nbytes):
                 whole = start
         return (value._meta, weakref.ref(flat), base, address, whole)
 
