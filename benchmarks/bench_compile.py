@@ -277,6 +277,41 @@ def bench_matmul_crossover(repeats: int) -> list[tuple[int, float, float]]:
     return rows
 
 
+def _fit_with_epilogue(
+    x: ember.Tensor, w: ember.Tensor, y: ember.Tensor
+) -> ember.Tensor:
+    return (x @ w + 0.5 - y).relu()
+
+
+def bench_thin_crossover(repeats: int) -> list[tuple[str, float, float]]:
+    """(shape, generated seconds, BLAS seconds) for ``relu(x @ w + 0.5 - y)`` with
+    ``w`` one column: the matrix-vector products behind ``lower.THIN_BLAS_MIN_K``."""
+    from ember.compiler import lower
+
+    saved = lower.BLAS_MIN_FLOPS, lower.THIN_BLAS_MIN_K
+    rows = []
+    try:
+        for m, k in ((32, 32), (32, 100), (512, 8), (512, 32), (512, 64), (512, 100)):
+            rng = np.random.default_rng(m + k)
+            args = [
+                ember.from_numpy(rng.standard_normal(s).astype(np.float32))
+                for s in ((m, k), (k, 1), (m, 1))
+            ]
+            programs = []
+            for generated in (True, False):
+                lower.BLAS_MIN_FLOPS = 1 << 62 if generated else 0
+                lower.THIN_BLAS_MIN_K = 1 << 62 if generated else 0
+                programs.append(ember.compile(_fit_with_epilogue, backend="llvm"))
+                programs[-1](*args)
+            t_gen, t_blas = interleaved(
+                [lambda p=p, a=args: p(*a) for p in programs], repeats
+            )
+            rows.append((f"{m}x{k}", t_gen, t_blas))
+    finally:
+        lower.BLAS_MIN_FLOPS, lower.THIN_BLAS_MIN_K = saved
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=50)
@@ -290,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'size':>6} {'generated':>12} {'BLAS':>12}")
         for size, t_gen, t_blas in bench_matmul_crossover(args.repeats):
             print(f"{size:>6} {t_gen * 1e6:>10.1f}us {t_blas * 1e6:>10.1f}us")
+        print(f"\n{'x @ w':>8} {'generated':>12} {'BLAS':>12}  (w one column)")
+        for shape, t_gen, t_blas in bench_thin_crossover(args.repeats):
+            print(f"{shape:>8} {t_gen * 1e6:>10.1f}us {t_blas * 1e6:>10.1f}us")
         return 0
     print(f"{'workload':<40} {'ember':>10} {'numpy':>10} {'ratio':>7} {'target':>7}")
     failed = False

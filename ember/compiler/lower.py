@@ -58,10 +58,11 @@ logger = logging.getLogger(__name__)
 BLAS_MIN_FLOPS = 40 * 40 * 40
 #: A matrix-vector product (one row or one column) with an inner dimension at least
 #: this long goes to BLAS whatever its size: the generated kernel's horizontal sum
-#: at the end of each dot product outweighs the work. Measured for
-#: ``relu(x @ w + 0.5 - y)`` with x of 512 rows (median µs per call, generated
-#: against BLAS and an epilogue kernel): 8.0/8.5 at 8 columns, 13.5/8.1 at 32,
-#: 11.1/8.5 at 64, 13.5/9.3 at 100; 8.0/7.6 at 32 rows of 100.
+#: at the end of each dot product outweighs the work. ``benchmarks/bench_compile.py
+#: --matmul-crossover`` times ``relu(x @ w + 0.5 - y)`` both ways (docs/codegen.md):
+#: with x of 512 rows, generated against BLAS and an epilogue kernel, 8.1/8.6 µs at
+#: 8 columns, 13.7/8.4 at 32, 11.2/8.6 at 64, 13.3/9.7 at 100. 64 keeps the small
+#: products of small models (32 wide) in one generated kernel.
 THIN_BLAS_MIN_K = 64
 
 _REDUCE_KIND = {"sum": "sum", "amax": "max", "amin": "min"}
