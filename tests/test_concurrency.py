@@ -211,3 +211,23 @@ def test_a_compiled_training_step_with_pairs_equals_one_without_step_after_step(
         assert loss == plain_loss
     for p, q in zip(model.parameters(), plain_model.parameters()):
         np.testing.assert_array_equal(p.numpy(), q.numpy())
+
+
+def test_a_pair_whose_product_was_not_prepared_runs_in_turn():
+    from ember.compiler.boundary import sequenced
+
+    class Prepared:
+        sequenceable = True
+
+    first, second, third = (
+        (object(), Prepared(), ()),
+        (object(), None, ()),
+        (
+            object(),
+            None,
+            (),
+        ),
+    )
+    grouped = sequenced([first, second, third], {0})
+
+    assert grouped == [first, second, third]

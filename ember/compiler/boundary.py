@@ -317,8 +317,9 @@ def sequenced(
         run.clear()
 
     pairs = pairs or set()
+    taken = -1  # the index of the partner of the last pair formed
     for index, entry in enumerate(schedule):
-        if index - 1 in pairs and isinstance(grouped[-1][1], ConcurrentLaunches):
+        if index == taken:
             continue
         partner = schedule[index + 1] if index in pairs else None
         if partner is not None and all(
@@ -329,6 +330,7 @@ def sequenced(
                 [entry[1], partner[1]], busy=blas_multithreaded
             )
             grouped.append(((entry[0], partner[0]), launches, entry[2] + partner[2]))
+            taken = index + 1
             continue
         if getattr(entry[1], "sequenceable", False):
             run.append(entry)
