@@ -21,8 +21,11 @@ What stays true:
   BLAS call as in turn.
 
 Only BLAS products of at least :data:`CONCURRENT_MACS` multiply-adds pair up: a
-smaller one ends before a worker would wake. The setting ``concurrent_products``
-(``EMBER_CONCURRENT=0``) turns pairing off.
+smaller one ends before a worker would wake. A product of at least
+:data:`SPLIT_MACS` that found no partner (the forward product of a wide layer,
+which the next layer waits for) is split into two products over halves of its
+rows, which pair up with each other (:func:`split_unpaired`). The setting
+``concurrent_products`` (``EMBER_CONCURRENT=0``) turns both off.
 """
 
 from __future__ import annotations
@@ -33,6 +36,11 @@ from typing import Any
 #: The fewest multiply-adds of each product of a pair (a 128-cubed product; about
 #: 50 µs here, against about 20 µs to wake a worker and join it).
 CONCURRENT_MACS = 1 << 21
+#: The fewest multiply-adds of a product split in two when it has no partner (a
+#: 203-cubed product; each half then takes over 100 µs here).
+SPLIT_MACS = 1 << 23
+#: The fewest rows of each half, and columns of the product, of a split product.
+SPLIT_MIN_ROWS = 64
 
 
 def product_macs(step: Any) -> int:
@@ -111,3 +119,76 @@ def step_times(count: int, pairs: set[int]) -> list[int]:
         times.append(now)
         now += 1
     return times
+
+
+def split_unpaired(order: Sequence[Any], pairs: set[int]) -> tuple[list[Any], set[int]]:
+    """The steps with each large product left without a partner replaced by two
+    products over halves of its rows (:func:`split_rows`), paired; the pairs
+    already formed stay.
+
+        >>> split_unpaired([], set())
+        ([], set())
+    """
+    steps: list[Any] = []
+    paired: set[int] = set()
+    index = 0
+    while index < len(order):
+        if index in pairs:
+            paired.add(len(steps))
+            steps += order[index : index + 2]
+            index += 2
+            continue
+        step = order[index]
+        halves = split_rows(step) if product_macs(step) >= SPLIT_MACS else None
+        if halves is None:
+            steps.append(step)
+        else:
+            paired.add(len(steps))
+            steps += halves
+        index += 1
+    return steps, paired
+
+
+def split_rows(step: Any) -> tuple[Any, Any] | None:
+    """Two BLAS product steps that each compute half of the rows of ``step``'s
+    product (row ``i`` of ``a @ b`` reads only row ``i`` of ``a``), or None when
+    ``step`` is not a BLAS product or a half cannot be planned. Each half reads
+    the same memory as the whole, at an offset: a half of ``a`` is a view of it
+    (``a.T`` included, through its strides), and the halves of the product are
+    its first and last rows."""
+    from ember.compiler.program import GemmStep, Operand, _plan_gemm
+
+    if not isinstance(step, GemmStep):
+        return None
+    a, b = step.reads
+    (product,) = step.writes
+    rows, columns = product.meta.shape
+    if rows < 2 * SPLIT_MIN_ROWS or columns < SPLIT_MIN_ROWS:
+        # Thin products stay whole: OpenBLAS picks its kernels by shape, and
+        # halves of a thin product can differ from the whole in the last bits.
+        return None
+    cut = rows // 2
+    halves = []
+    for start, stop in ((0, cut), (cut, rows)):
+        a_half = _rows(a, start, stop, Operand)
+        product_half = _rows(product, start, stop, Operand)
+        gemm = _plan_gemm(a_half, b, product_half)
+        if gemm is None:
+            return None
+        name = f"{step.name} rows {start}:{stop}"
+        halves.append(GemmStep(name, gemm, [a_half, b], product_half))
+    return halves[0], halves[1]
+
+
+def _rows(operand: Any, start: int, stop: int, make: Any) -> Any:
+    """Rows ``start:stop`` of a 2-D operand: the same slot at a further offset."""
+    from ember.ir.meta import TensorMeta
+
+    meta = operand.meta
+    delta = start * meta.strides[0]
+    shape = (stop - start, *meta.shape[1:])
+    return make(
+        operand.slot,
+        TensorMeta(shape, meta.dtype, meta.strides, meta.offset + delta),
+        operand.offset + delta,
+    )

@@ -35,7 +35,7 @@ import numpy as np
 
 from ember import settings
 from ember.compiler.boundary import Boundary, first_address, sequenced
-from ember.compiler.concurrency import pair_products, step_times
+from ember.compiler.concurrency import pair_products, split_unpaired, step_times
 from ember.errors import SignatureError
 from ember.ir.layout import span, within_bounds
 from ember.ir.meta import TensorMeta
@@ -313,7 +313,7 @@ class Program:
         # Independent large products stand in pairs that run side by side.
         pairs: set[int] = set()
         if settings.get("concurrent_products"):
-            steps, pairs = pair_products(steps)
+            steps, pairs = split_unpaired(*pair_products(steps))
         self.steps = tuple(steps)
         self.results = tuple(results)
         self._arg_slots = tuple(arg_slots)

@@ -591,18 +591,15 @@ class ConcurrentLaunches(LaunchSequence):
     waits for a thread that did not start. Each launch runs whole on one thread,
     so the results are the very bytes of running them in turn.
 
-    Like kernels without an explicit thread count, it times both ways
-    (:class:`ThreadChooser`) and runs the launches in turn while that is clearly
-    faster (a busy second core), or while ``busy()`` says the launches would
-    compete for threads of their own (a BLAS that runs on several). "Clearly": the
-    side-by-side run loses little when the worker is late (the caller takes its
-    launch), while a chooser that flips on noise loses every call it picks wrong;
-    on our 2-core machines a plain comparison ran the pair in turn on a third of
-    the calls and lost half the gain (MLP step 0.77x numpy against 0.71x).
+    Unlike a kernel without an explicit thread count, a pair does not time itself
+    to choose (:class:`ThreadChooser`): it runs side by side whenever the process
+    may use more than one CPU and ``busy()`` does not say the launches would
+    compete for threads of their own (a BLAS that runs on several). Claiming
+    bounds the loss to a late worker, while a chooser timing only the pair flipped
+    on the noise of a shared machine and ran the pairs in turn on many calls that
+    side by side would have served better (docs/codegen.md has the figures).
+    ``EMBER_CONCURRENT=0`` runs the products in turn.
     """
-
-    #: See ThreadChooser.tolerance.
-    TOLERANCE = 0.15
 
     concurrent = True
 
@@ -611,7 +608,6 @@ class ConcurrentLaunches(LaunchSequence):
         assert all(record[4] == 0 for record in self._records())
         self._claim_engine, self._claim = _claim_entry()
         self._busy = busy
-        self._chooser = ThreadChooser(self.TOLERANCE)
 
     def _records(self) -> list[tuple[int, ...]]:
         return [launch.record() for launch in self.launches]
@@ -621,14 +617,8 @@ class ConcurrentLaunches(LaunchSequence):
         count = len(self.launches)
         if default_threads() == 1 or (self._busy is not None and self._busy()):
             self._run(self._table, count)
-            return
-        parallel = self._chooser.choose()
-        start = time.perf_counter()
-        if parallel:
-            _run_shared(self._claim, 2, self._table, count, 0)
         else:
-            self._run(self._table, count)
-        self._chooser.record(parallel, time.perf_counter() - start)
+            _run_shared(self._claim, 2, self._table, count, 0)
 
 
 class ThreadChooser:
@@ -654,10 +644,7 @@ class ThreadChooser:
     PROBE_EVERY = 16
     SAMPLES = 5
 
-    def __init__(self, tolerance: float = 0.0) -> None:
-        #: How much slower (as a fraction) the parallel kind's median may be and
-        #: still be chosen: for launches whose parallel form bounds its own loss.
-        self.tolerance = tolerance
+    def __init__(self) -> None:
         self._times: dict[bool, collections.deque[float]] = {
             kind: collections.deque(maxlen=self.SAMPLES) for kind in (False, True)
         }
@@ -669,7 +656,7 @@ class ThreadChooser:
         one, many = self._times[False], self._times[True]
         if min(len(one), len(many)) < self.PROBE_CALLS:
             return len(many) <= len(one)
-        best = statistics.median(many) < statistics.median(one) * (1 + self.tolerance)
+        best = statistics.median(many) < statistics.median(one)
         return best != (self._calls % self.PROBE_EVERY == 0)
 
     def record(self, parallel: bool, seconds: float) -> None:
