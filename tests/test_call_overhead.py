@@ -223,8 +223,9 @@ def test_a_tensor_seen_before_is_read_at_its_new_values():
 def test_results_fed_back_as_arguments_are_not_kept_alive():
     from ember.compiler.trace import trace
 
-    program = compile_llvm(trace(lambda x: x * 2.0, ember.ones(2, 3)))
-    (out,) = program([ember.ones(2, 3)])
+    shape = (64, 32)  # larger than STAGED_BYTES: results are recycled, not copied
+    program = compile_llvm(trace(lambda x: x * 2.0, ember.ones(*shape)))
+    (out,) = program([ember.ones(*shape)])
     (twice,) = program([out])
 
     # The table of arguments seen before holds their arrays by weak reference.
@@ -234,7 +235,7 @@ def test_results_fed_back_as_arguments_are_not_kept_alive():
     del out
     address = twice._storage.data.ctypes.data
     del twice
-    (again,) = program([ember.ones(2, 3)])
+    (again,) = program([ember.ones(*shape)])
     assert again._storage.data.ctypes.data == address  # recycled: nobody held it
 
 

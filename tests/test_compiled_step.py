@@ -17,6 +17,7 @@ import pytest
 
 import ember
 from ember import nn, optim
+from ember.compiler.program import STAGED_BYTES
 from ember.compiler.step import CompiledStep
 from ember.errors import TraceError, UnsupportedError
 
@@ -294,25 +295,32 @@ def test_parameters_and_state_are_updated_in_place_by_the_program():
         assert not np.array_equal(t.numpy(), old)
 
 
+def _wide_mlp() -> nn.Module:
+    return nn.Sequential(
+        nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 1)
+    )
+
+
 def test_dropped_gradients_are_written_again_two_steps_later():
-    model, _, step = _setup(_mlp, OPTIMIZERS["sgd-momentum"])
+    model, _, step = _setup(_wide_mlp, OPTIMIZERS["sgd-momentum"])
     compiled = ember.compile(step, backend="llvm")
     batches = _data(8, 4)
     for x, y in batches[:2]:
         compiled(x, y)
     compiled(*batches[2])
+    # Gradients above STAGED_BYTES are recycled; smaller ones are copies.
+    large = [p for p in model.parameters() if p.numel() * 4 > STAGED_BYTES]
+    assert [tuple(p.shape) for p in large] == [(32, 64)]
     # Weak references: the test must not itself keep the arrays in use.
-    first = [weakref.ref(p.grad._storage.data) for p in model.parameters()]
+    first = [weakref.ref(p.grad._storage.data) for p in large]
     compiled(*batches[3])
-    second = [weakref.ref(p.grad._storage.data) for p in model.parameters()]
+    second = [weakref.ref(p.grad._storage.data) for p in large]
     assert all(a() is not b() for a, b in zip(first, second))
 
     compiled(*batches[0])
 
     # The gradients of two steps ago were dropped, so their arrays came back.
-    assert all(
-        p.grad._storage.data is ref() for p, ref in zip(model.parameters(), first)
-    )
+    assert all(p.grad._storage.data is ref() for p, ref in zip(large, first))
 
 
 def test_a_gradient_kept_from_an_earlier_step_is_not_overwritten():

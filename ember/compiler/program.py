@@ -47,6 +47,11 @@ logger = logging.getLogger(__name__)
 
 #: How many earlier results per result slot a call may write again.
 RECYCLED = 2
+#: Results of at most this many bytes are written to one array of the program and
+#: copied out after the call: copying a small array costs less than writing a new
+#: address into the launches that write it, which recycling two arrays in turn
+#: needs on every call (a loss, a bias's gradient).
+STAGED_BYTES = 4096
 
 #: Byte alignment of every planned buffer (a cache line, and a full AVX-512 vector).
 ALIGNMENT = 64
@@ -330,7 +335,15 @@ class Program:
         for step in self.steps:
             step.bind_planned(env)
         self._fresh = [
-            (slot, meta.numel, meta.dtype.np_dtype) for slot, meta in fresh.items()
+            (slot, meta.numel, meta.dtype.np_dtype)
+            for slot, meta in fresh.items()
+            if meta.nbytes > STAGED_BYTES
+        ]
+        # Per small result: the array the launches write, at a fixed address.
+        self._staged = [
+            (slot, np.empty(meta.numel, meta.dtype.np_dtype))
+            for slot, meta in fresh.items()
+            if meta.nbytes <= STAGED_BYTES
         ]
         self._result_layouts = [_fixed_layout(r, fresh) for r in self.results]
         # The common case: every result in a fresh array of its own at a layout
@@ -372,7 +385,9 @@ class Program:
         self._recycled: dict[int, list[tuple[np.ndarray, int]]] = {
             slot: [] for slot, _, _ in self._fresh
         }
-        self._fresh_addresses: dict[int, int] = {}
+        self._fresh_addresses: dict[int, int] = {
+            slot: first_address(array) for slot, array in self._staged
+        }
         # Per argument: the last ember tensor's storage, meta, checked storage and
         # address, when a later call may reuse them (see _remember).
         self._seen: list[tuple[TensorMeta, Any, int, int | None] | None] = [None] * len(
@@ -461,6 +476,7 @@ class Program:
                     self._fresh_arrays(env, resident)
                     for run in resident.runs:
                         run()
+                    self._copy_staged(env)
             finally:
                 self._lock.release()
         if env is None:
@@ -540,6 +556,7 @@ class Program:
                     step.run(env)  # type: ignore[arg-type]
                 else:
                     launch([addresses[slot] for slot in slots])
+            self._copy_staged(env)
         return env  # type: ignore[return-value]
 
     def _execute_resident(self, values: Sequence[Any], resident: _Resident) -> Any:
@@ -609,6 +626,7 @@ class Program:
             self._fresh_arrays(env, resident)
             for run in resident.runs:
                 run()
+            self._copy_staged(env)
         return env
 
     def _repeated(self, values: Sequence[Any]) -> bool:
@@ -679,6 +697,12 @@ class Program:
                 addresses.get(slot),
             )
 
+    def _copy_staged(self, env: list[Any]) -> None:
+        """Replace each small result in ``env`` by a copy of the program's array
+        (see :data:`STAGED_BYTES`), under the lock that the call holds."""
+        for slot, array in self._staged:
+            env[slot] = (array.copy(), 0)
+
     def _fresh_arrays(self, env: list[Any], resident: _Resident | None = None) -> None:
         """Put in ``env`` the array each result is written to: one of an earlier
         call's when nobody holds it any more, else a new one.
@@ -690,12 +714,17 @@ class Program:
         the argument of ``getrefcount`` are then the only three left. Each slot
         keeps the arrays of its last ``RECYCLED`` calls, so a result the caller drops
         only after the next call (a parameter's ``.grad``, replaced once the step
-        has run) is recycled too.
+        has run) is recycled too. A small result is written to the program's own
+        array and copied out after the call (:data:`STAGED_BYTES`).
         """
         recycled = self._recycled
         addresses = self._fresh_addresses
         refcount = sys.getrefcount
         last = {} if resident is None else resident.last
+        for slot, array in self._staged:
+            env[slot] = (array, 0)
+            if resident is not None and slot not in last and slot in resident.targets:
+                resident.write(slot, addresses[slot])
         for slot, numel, np_dtype in self._fresh:
             pool = recycled[slot]
             for entry in reversed(pool):  # the newest first: it is likely cached
