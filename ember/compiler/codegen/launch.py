@@ -437,13 +437,8 @@ class PreparedLaunch:
 #: ``a`` chunks of an axis of extent ``b`` in order, ``function(pointers,
 #: &counter, a, b, sums)`` with the counter set to 0, then ``finish(pointers,
 #: sums, a)``.
-_SEQUENCE_IR = """
-define void @ember_sequence(ptr %table, i64 %count) {
-entry:
-  %empty = icmp eq i64 %count, 0
-  br i1 %empty, label %done, label %loop
-loop:
-  %i = phi i64 [0, %entry], [%next, %join]
+#: Reads record ``%i`` of a launch table: its function, pointer array, a and b.
+_RECORD_IR = """\
   %record = getelementptr [8 x i64], ptr %table, i64 %i
   %fn = load ptr, ptr %record
   %args.at = getelementptr i64, ptr %record, i64 1
@@ -452,6 +447,18 @@ loop:
   %a = load i64, ptr %a.at
   %b.at = getelementptr i64, ptr %record, i64 3
   %b = load i64, ptr %b.at
+"""
+_SEQUENCE_IR = (
+    """
+define void @ember_sequence(ptr %table, i64 %count) {
+entry:
+  %empty = icmp eq i64 %count, 0
+  br i1 %empty, label %done, label %loop
+loop:
+  %i = phi i64 [0, %entry], [%next, %join]
+"""
+    + _RECORD_IR
+    + """\
   %kind.at = getelementptr i64, ptr %record, i64 4
   %kind = load i64, ptr %kind.at
   %plain = icmp eq i64 %kind, 0
@@ -477,6 +484,7 @@ done:
   ret void
 }
 """
+)
 _SEQUENCE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)
 #: Integers per record of a LaunchSequence table.
 _RECORD = 8
@@ -489,11 +497,17 @@ def _address_of(function: Any) -> int:
 
 
 @functools.cache
-def _sequence_entry() -> tuple[Any, Any]:
-    """The JIT engine (kept alive here) and the entry of the sequence loop."""
-    code = target.emit_object(target.optimize(_SEQUENCE_IR, "ember_sequence"))
-    engine, addresses = target.load_object(code, ["ember_sequence"])
-    return engine, _SEQUENCE(addresses["ember_sequence"])
+def _loop_entry(symbol: str) -> tuple[Any, Any]:
+    """The JIT engine (kept alive here) and the entry of a launch loop:
+    ``ember_sequence`` (:class:`LaunchSequence`) or ``ember_claim``
+    (:class:`ConcurrentLaunches`)."""
+    llvm_ir, prototype = {
+        "ember_sequence": (_SEQUENCE_IR, _SEQUENCE),
+        "ember_claim": (_CLAIM_IR, _CHUNKS),
+    }[symbol]
+    code = target.emit_object(target.optimize(llvm_ir, symbol))
+    engine, addresses = target.load_object(code, [symbol])
+    return engine, prototype(addresses[symbol])
 
 
 class LaunchSequence:
@@ -525,7 +539,7 @@ class LaunchSequence:
         self._table = (ctypes.c_int64 * (_RECORD * len(self.launches)))()
         for k, record in enumerate(r for r in records if r is not None):
             self._table[_RECORD * k : _RECORD * k + len(record)] = record
-        self._engine, self._run = _sequence_entry()
+        self._engine, self._run = _loop_entry("ember_sequence")
 
     def __call__(self, addresses: Sequence[int]) -> None:
         if len(addresses) != len(self._targets):
@@ -551,7 +565,8 @@ class LaunchSequence:
 #: The claiming loop of :class:`ConcurrentLaunches`: each thread that calls it takes
 #: the next unclaimed record of the table (kind 0 only, see _SEQUENCE_IR) until
 #: none is left.
-_CLAIM_IR = """
+_CLAIM_IR = (
+    """
 define void @ember_claim(ptr %table, ptr %next, i64 %count, i64 %unused) {
 entry:
   br label %claim
@@ -560,28 +575,16 @@ claim:
   %more = icmp slt i64 %i, %count
   br i1 %more, label %work, label %done
 work:
-  %record = getelementptr [8 x i64], ptr %table, i64 %i
-  %fn = load ptr, ptr %record
-  %args.at = getelementptr i64, ptr %record, i64 1
-  %args = load ptr, ptr %args.at
-  %a.at = getelementptr i64, ptr %record, i64 2
-  %a = load i64, ptr %a.at
-  %b.at = getelementptr i64, ptr %record, i64 3
-  %b = load i64, ptr %b.at
+"""
+    + _RECORD_IR
+    + """\
   call void %fn(ptr %args, i64 %a, i64 %b)
   br label %claim
 done:
   ret void
 }
 """
-
-
-@functools.cache
-def _claim_entry() -> tuple[Any, Any]:
-    """The JIT engine (kept alive here) and the entry of the claiming loop."""
-    code = target.emit_object(target.optimize(_CLAIM_IR, "ember_claim"))
-    engine, addresses = target.load_object(code, ["ember_claim"])
-    return engine, _CHUNKS(addresses["ember_claim"])
+)
 
 
 class ConcurrentLaunches(LaunchSequence):
@@ -606,7 +609,7 @@ class ConcurrentLaunches(LaunchSequence):
     def __init__(self, launches: Sequence[Any], busy: Any = None) -> None:
         super().__init__(launches)
         assert all(record[4] == 0 for record in self._records())
-        self._claim_engine, self._claim = _claim_entry()
+        self._claim_engine, self._claim = _loop_entry("ember_claim")
         self._busy = busy
 
     def _records(self) -> list[tuple[int, ...]]:
