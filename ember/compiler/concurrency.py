@@ -17,8 +17,12 @@ What stays true:
 - the two products of a pair write disjoint memory and neither reads what the
   other writes: :func:`step_times` gives both the same time, so the buffer plan
   never lets one's product share a buffer with anything the other touches;
-- results do not change: each product runs whole on one thread, with the same
-  BLAS call as in turn.
+- results do not depend on the threads: each product (or half) runs whole on
+  one thread, with the same BLAS call whether the pair runs side by side or in
+  turn. A pair of whole products gives the bytes of the program without pairs;
+  the halves of a split product are two BLAS calls instead of one, which for the
+  wide, not thin, products that are split gave the same bytes in our tests
+  (``tests/test_concurrency.py``) but are not promised to in every shape.
 
 Only BLAS products of at least :data:`CONCURRENT_MACS` multiply-adds pair up: a
 smaller one ends before a worker would wake. A product of at least
