@@ -233,3 +233,25 @@ def test_a_pair_whose_product_was_not_prepared_runs_in_turn():
     grouped = sequenced([first, second, third], {0})
 
     assert grouped == [first, second, third]
+
+
+@pytest.mark.parametrize(
+    ("a_shape", "b_shape", "split"),
+    [((256, 256), (256, 256), True), ((4096, 64), (64, 32), False)],
+    ids=["wide", "thin"],
+)
+def test_a_large_product_without_a_partner_splits_into_halves_unless_thin(
+    a_shape, b_shape, split
+):
+    a, b = rand(*a_shape), rand(*b_shape)
+    program = compile_llvm(trace(lambda a, b: a @ b, ember.tensor(a), ember.tensor(b)))
+    always_side_by_side(program)
+
+    (product,) = program.run_arrays(a, b)
+
+    if split:
+        (pair,) = program.concurrent
+        assert [name.split(" rows ")[1] for name in pair] == ["0:128", "128:256"]
+    else:
+        assert program.concurrent == []
+    np.testing.assert_allclose(product, a @ b, rtol=1e-4, atol=1e-3)

@@ -160,7 +160,7 @@ def split_rows(step: Any) -> tuple[Any, Any] | None:
     the same memory as the whole, at an offset: a half of ``a`` is a view of it
     (``a.T`` included, through its strides), and the halves of the product are
     its first and last rows."""
-    from ember.compiler.program import GemmStep, Operand, _plan_gemm
+    from ember.compiler.program import GemmStep, _plan_gemm
 
     if not isinstance(step, GemmStep):
         return None
@@ -174,8 +174,7 @@ def split_rows(step: Any) -> tuple[Any, Any] | None:
     cut = rows // 2
     halves = []
     for start, stop in ((0, cut), (cut, rows)):
-        a_half = _rows(a, start, stop, Operand)
-        product_half = _rows(product, start, stop, Operand)
+        a_half, product_half = _rows(a, start, stop), _rows(product, start, stop)
         gemm = _plan_gemm(a_half, b, product_half)
         if gemm is None:
             return None
@@ -184,14 +183,15 @@ def split_rows(step: Any) -> tuple[Any, Any] | None:
     return halves[0], halves[1]
 
 
-def _rows(operand: Any, start: int, stop: int, make: Any) -> Any:
+def _rows(operand: Any, start: int, stop: int) -> Any:
     """Rows ``start:stop`` of a 2-D operand: the same slot at a further offset."""
+    from ember.compiler.program import Operand
     from ember.ir.meta import TensorMeta
 
     meta = operand.meta
     delta = start * meta.strides[0]
     shape = (stop - start, *meta.shape[1:])
-    return make(
+    return Operand(
         operand.slot,
         TensorMeta(shape, meta.dtype, meta.strides, meta.offset + delta),
         operand.offset + delta,

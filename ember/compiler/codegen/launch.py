@@ -608,12 +608,10 @@ class ConcurrentLaunches(LaunchSequence):
 
     def __init__(self, launches: Sequence[Any], busy: Any = None) -> None:
         super().__init__(launches)
-        assert all(record[4] == 0 for record in self._records())
+        # The claiming loop calls plain launches only (kind 0 of the table).
+        assert all(launch.record()[4] == 0 for launch in self.launches)
         self._claim_engine, self._claim = _loop_entry("ember_claim")
         self._busy = busy
-
-    def _records(self) -> list[tuple[int, ...]]:
-        return [launch.record() for launch in self.launches]
 
     def run(self) -> None:
         """Run on the addresses written last."""
