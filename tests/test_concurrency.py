@@ -12,6 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from hypothesis import event, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 import ember
 from ember import nn, optim, settings
@@ -255,3 +258,66 @@ def test_a_large_product_without_a_partner_splits_into_halves_unless_thin(
     else:
         assert program.concurrent == []
     np.testing.assert_allclose(product, a @ b, rtol=1e-4, atol=1e-3)
+
+
+# Random programs ---------------------------------------------------------------------
+
+SIZE = 128  # 128**3 multiply-adds: the smallest products that pair
+
+
+@st.composite
+def product_programs(draw):
+    """A list of ops over three 128x128 inputs: products of earlier values (either
+    side transposed), relus and sums, each reading values drawn among the earlier
+    ones, so that products sometimes depend on each other and sometimes not."""
+    ops = []
+    for k in range(draw(st.integers(3, 7))):
+        count = 3 + k
+        kind = draw(st.sampled_from(["mm", "mm", "mm", "relu", "add"]))
+        # Reading an input half the time makes independent products common.
+        first = draw(st.one_of(st.integers(0, 2), st.integers(0, count - 1)))
+        second = draw(st.one_of(st.integers(0, 2), st.integers(0, count - 1)))
+        ops.append((kind, first, second, draw(st.booleans()), draw(st.booleans())))
+    # The last value, and each other one with even odds (the rest is dead code).
+    kept = [draw(st.booleans()) for _ in ops[:-1]]
+    return ops, [2 + len(ops), *[3 + k for k, keep in enumerate(kept) if keep]]
+
+
+def _run_ops(ops, outputs):
+    def fn(a, b, c):
+        values = [a, b, c]
+        for kind, i, j, flip_i, flip_j in ops:
+            x, y = values[i], values[j]
+            if kind == "mm":
+                values.append((x.T if flip_i else x) @ (y.T if flip_j else y) * 0.05)
+            elif kind == "relu":
+                values.append(x.relu())
+            else:
+                values.append(x + y)
+        return tuple(values[o] for o in outputs)
+
+    return fn
+
+
+@given(program=product_programs())
+@hypothesis_settings(max_examples=max(10, hypothesis_settings().max_examples // 4))
+def test_random_programs_with_pairs_equal_programs_without(program):
+    ops, outputs = program
+    fn = _run_ops(ops, outputs)
+    rng = np.random.default_rng(len(ops))
+    inputs = [rng.standard_normal((SIZE, SIZE)).astype(np.float32) for _ in range(3)]
+    args = [ember.tensor(a) for a in inputs]
+    paired = compile_llvm(trace(fn, *args))
+    always_side_by_side(paired)
+    with settings.override(concurrent_products=False):
+        in_turn = compile_llvm(trace(fn, *args))
+    event(f"{len(paired.concurrent)} pairs")
+
+    for _ in range(3):
+        got = paired.run_arrays(*inputs)
+        want = in_turn.run_arrays(*inputs)
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+    reference = [t.numpy() for t in fn(*args)]
+    for g, r in zip(got, reference):
+        np.testing.assert_allclose(g, r, rtol=2e-3, atol=2e-3)
