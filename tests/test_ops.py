@@ -736,3 +736,12 @@ def test_shape_errors_name_the_op_and_both_shapes() -> None:
         "line up: 3 columns against 2 rows",
     ):
         ember.zeros(2, 3) @ ember.zeros(2, 3)
+
+
+def test_a_matmul_reaching_inf_times_zero_gives_nan_without_a_numpy_warning():
+    a = ember.tensor(np.array([[np.inf, 1.0]], np.float32))
+    b = ember.tensor(np.array([[0.0], [1.0]], np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        product = (a @ b).numpy()
+    assert np.isnan(product).all()
