@@ -745,3 +745,16 @@ def test_a_matmul_reaching_inf_times_zero_gives_nan_without_a_numpy_warning():
         warnings.simplefilter("error")
         product = (a @ b).numpy()
     assert np.isnan(product).all()
+
+
+def test_every_reference_runs_without_numpy_floating_point_warnings():
+    from ember.ir.registry import all_ops
+
+    assert all(getattr(op.reference, "__ember_quiet__", False) for op in all_ops())
+    x = ember.tensor(np.array([[np.inf, -np.inf], [0.0, 0.0]], np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sums = x.sum(1).numpy()
+        ratios = (x / x).numpy()
+    assert np.isnan(sums[0]) and sums[1] == 0.0
+    assert np.isnan(ratios).all()

@@ -37,6 +37,7 @@ from ember import settings
 from ember.compiler.boundary import Boundary, first_address, sequenced
 from ember.compiler.concurrency import pair_products, split_unpaired, step_times
 from ember.errors import SignatureError
+from ember.ir.ieee import quiet
 from ember.ir.layout import span, within_bounds
 from ember.ir.meta import TensorMeta
 from ember.runtime.tensor import Storage as _TensorStorage
@@ -932,10 +933,10 @@ class KernelStep(Step):
 KernelCompiler = Callable[[Any], Any]
 
 
+@quiet
 def _blas_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
     # IEEE results without numpy's warning, as the native kernels give them.
-    with np.errstate(all="ignore"):
-        np.matmul(a, b, out=out)
+    np.matmul(a, b, out=out)
 
 
 class _SlotTable:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ember.errors import UnsupportedError
+from ember.ir.ieee import quiet
 from ember.ir.meta import TensorMeta
 
 Attrs = dict[str, Any]
@@ -78,8 +79,11 @@ _REGISTRY: dict[str, OpDef] = {}
 
 
 def register(op: OpDef) -> OpDef:
-    """Add an op to the registry; names are unique."""
+    """Add an op to the registry; names are unique. Its reference runs with numpy's
+    floating-point warnings off (:mod:`ember.ir.ieee`): inf and NaN come out
+    silently, as from the native kernels."""
     assert op.name not in _REGISTRY, f"op {op.name} registered twice"
+    op.reference = quiet(op.reference)
     _REGISTRY[op.name] = op
     return op
 

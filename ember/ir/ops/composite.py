@@ -119,8 +119,7 @@ def _loss_meta(op: str):
 def _reduce(values: np.ndarray, reduction: str) -> np.ndarray:
     if reduction == "mean":
         # sum / size rather than np.mean, which warns on empty input; 0 / 0 is NaN.
-        with np.errstate(all="ignore"):
-            return np.asarray(np.sum(values) / values.size)
+        return np.asarray(np.sum(values) / values.size)
     if reduction == "sum":
         return np.asarray(np.sum(values))
     return values

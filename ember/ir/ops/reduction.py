@@ -151,9 +151,8 @@ def _mean_reference(arrays: Sequence[np.ndarray], attrs: Attrs) -> np.ndarray:
     (x,) = arrays
     axes = _axes(x, attrs)
     # sum / count rather than np.mean, which warns on empty input; 0 / 0 is NaN.
-    with np.errstate(all="ignore"):
-        total = np.sum(x, axis=axes, keepdims=attrs["keepdim"])
-        return np.asarray(total / _count(x, axes)).astype(x.dtype, copy=False)
+    total = np.sum(x, axis=axes, keepdims=attrs["keepdim"])
+    return np.asarray(total / _count(x, axes)).astype(x.dtype, copy=False)
 
 
 def _var_meta(metas: Sequence[TensorMeta], attrs: Attrs) -> TensorMeta:
@@ -174,13 +173,12 @@ def _var_reference(arrays: Sequence[np.ndarray], attrs: Attrs) -> np.ndarray:
     (x,) = arrays
     axes = _axes(x, attrs)
     count = _count(x, axes)
-    # Two passes, as np.var does, but without its warnings; a divisor of 0 gives
-    # inf or NaN as in PyTorch.
+    # Two passes, as np.var does, but without its warnings (np.var warns on a
+    # divisor of 0, where this gives inf or NaN as PyTorch does).
     divisor = max(count - attrs.get("correction", 1), 0)
-    with np.errstate(all="ignore"):
-        mean = np.sum(x, axis=axes, keepdims=True) / count
-        squares = np.sum(np.square(x - mean), axis=axes, keepdims=attrs["keepdim"])
-        return np.asarray(squares / divisor).astype(x.dtype, copy=False)
+    mean = np.sum(x, axis=axes, keepdims=True) / count
+    squares = np.sum(np.square(x - mean), axis=axes, keepdims=attrs["keepdim"])
+    return np.asarray(squares / divisor).astype(x.dtype, copy=False)
 
 
 register(
