@@ -14,6 +14,7 @@ rules and the compiler's layout validation all cite.
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections.abc import Iterable, Sequence
 
@@ -81,8 +82,17 @@ def has_internal_overlap(shape: Sequence[int], strides: Sequence[int]) -> bool:
     in increasing stride order, each stride exceeds the extent of all smaller ones.
     For other layouts (only ``from_numpy`` can make them) the answer is conservative:
     it may report an overlap that is not there, never the reverse. A tensor without
-    elements has no overlap.
+    elements has no overlap. Answers are cached by layout: every in-place eager op
+    asks, most often about the same few layouts.
+
+        >>> has_internal_overlap((3, 4), (4, 1)), has_internal_overlap((3, 4), (0, 1))
+        (False, True)
     """
+    return _overlaps(tuple(shape), tuple(strides))
+
+
+@functools.lru_cache(maxsize=4096)
+def _overlaps(shape: tuple[int, ...], strides: tuple[int, ...]) -> bool:
     if numel(shape) == 0:
         return False
     dims = [(st, sz) for sz, st in zip(shape, strides) if sz > 1]

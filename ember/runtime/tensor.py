@@ -289,7 +289,8 @@ class Tensor(TensorMethods):
                 hint="build the tensor out of place (ember.cat, ember.stack, "
                 "ember.where), or write value.detach() if no gradient is wanted",
             )
-        self._check_write(result, op)
+        # The target was checked above: only the result's dtype and shape remain.
+        self._check_result(result.dtype, result.shape, op)
         target = self.numpy()
         source = result.numpy()
         if np.shares_memory(source, target):
