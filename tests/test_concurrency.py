@@ -224,15 +224,9 @@ def test_a_pair_whose_product_was_not_prepared_runs_in_turn():
     class Prepared:
         sequenceable = True
 
-    first, second, third = (
-        (object(), Prepared(), ()),
-        (object(), None, ()),
-        (
-            object(),
-            None,
-            (),
-        ),
-    )
+    first = (object(), Prepared(), ())
+    second = (object(), None, ())
+    third = (object(), None, ())
     grouped = sequenced([first, second, third], {0})
 
     assert grouped == [first, second, third]

@@ -371,9 +371,7 @@ def _thin(mm: Node) -> bool:
     """Whether a matmul is a matrix-vector product with a long inner dimension
     (see :data:`THIN_BLAS_MIN_K`)."""
     a, out = meta_of(mm.inputs[0]).shape, meta_of(mm).shape
-    if len(out) < 2:
-        return a[-1] >= THIN_BLAS_MIN_K
-    return min(out[-2], out[-1]) == 1 and a[-1] >= THIN_BLAS_MIN_K
+    return a[-1] >= THIN_BLAS_MIN_K and (len(out) < 2 or min(out[-2:]) == 1)
 
 
 def _lower_matmul(group: FusionGroup, outputs: Sequence[Node]) -> LoweredGroup:
@@ -382,9 +380,7 @@ def _lower_matmul(group: FusionGroup, outputs: Sequence[Node]) -> LoweredGroup:
     a, b = mm.inputs
     if not meta_of(mm).dtype.is_floating_point:
         raise _unsupported(mm, "integer matmul has no native kernel")
-    small = matmul_flops(mm) < BLAS_MIN_FLOPS and len(group.nodes) > 1
-    if small and _thin(mm):
-        small = False
+    small = matmul_flops(mm) < BLAS_MIN_FLOPS and len(group.nodes) > 1 and not _thin(mm)
     if small and meta_of(a).ndim >= 2 and meta_of(b).ndim >= 2:
         return LoweredGroup(
             group, list(outputs), kernel=_generated_matmul(group, mm, outputs)

@@ -332,6 +332,15 @@ class Program:
         for slot, meta in intermediates.items():
             raw = self.plan.buffers[self.plan.assign[slot]]
             env[slot] = (raw[: meta.nbytes].view(meta.dtype.np_dtype), 0)
+        # A small result is written to an array of the program, bound once like a
+        # planned buffer, and copied out after each call (STAGED_BYTES).
+        self._staged = [
+            (slot, np.empty(meta.numel, meta.dtype.np_dtype))
+            for slot, meta in fresh.items()
+            if meta.nbytes <= STAGED_BYTES
+        ]
+        for slot, array in self._staged:
+            env[slot] = (array, 0)
         self._env = env
         for step in self.steps:
             step.bind_planned(env)
@@ -339,12 +348,6 @@ class Program:
             (slot, meta.numel, meta.dtype.np_dtype)
             for slot, meta in fresh.items()
             if meta.nbytes > STAGED_BYTES
-        ]
-        # Per small result: the array the launches write, at a fixed address.
-        self._staged = [
-            (slot, np.empty(meta.numel, meta.dtype.np_dtype))
-            for slot, meta in fresh.items()
-            if meta.nbytes <= STAGED_BYTES
         ]
         self._result_layouts = [_fixed_layout(r, fresh) for r in self.results]
         # The common case: every result in a fresh array of its own at a layout
@@ -386,9 +389,7 @@ class Program:
         self._recycled: dict[int, list[tuple[np.ndarray, int]]] = {
             slot: [] for slot, _, _ in self._fresh
         }
-        self._fresh_addresses: dict[int, int] = {
-            slot: first_address(array) for slot, array in self._staged
-        }
+        self._fresh_addresses: dict[int, int] = {}
         # Per argument: the last ember tensor's storage, meta, checked storage and
         # address, when a later call may reuse them (see _remember).
         self._seen: list[tuple[TensorMeta, Any, int, int | None] | None] = [None] * len(
@@ -722,10 +723,6 @@ class Program:
         addresses = self._fresh_addresses
         refcount = sys.getrefcount
         last = {} if resident is None else resident.last
-        for slot, array in self._staged:
-            env[slot] = (array, 0)
-            if resident is not None and slot not in last and slot in resident.targets:
-                resident.write(slot, addresses[slot])
         for slot, numel, np_dtype in self._fresh:
             pool = recycled[slot]
             for entry in reversed(pool):  # the newest first: it is likely cached

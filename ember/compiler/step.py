@@ -711,14 +711,15 @@ class CompiledStep:
 
     def _guard(self) -> _Guard:
         """A guard of the optimizers' state now: a steady state's when it still
-        holds (generating one costs far more than checking it), else a new one."""
-        for lean in self._leans:
+        holds (generating one costs far more than checking it), else a new one.
+        The steady states kept all share the first one's guard."""
+        if self._leans:
+            guard = self._leans[0].guard
             try:
-                if lean.guard.holds():
-                    return lean.guard
+                if guard.holds():
+                    return guard
             except Exception:  # noqa: BLE001 - an option gone or not comparable
                 pass
-            break
         return _Guard(self.optimizers)
 
     def _remember_lean(self, lean: _Lean) -> None:
