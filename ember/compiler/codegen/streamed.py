@@ -1,0 +1,359 @@
+"""One pass over a matrix for a product with a vector, the pointwise work on its
+result, and the product of that result's gradient with the same matrix.
+
+A linear model's training step reads its batch ``x`` (``m x k``) twice: the
+forward product ``s = x @ v`` (one value per row), then, after pointwise kernels
+turn ``s`` into ``d`` (the loss gradient of each row), the weight gradient
+``g = d.T @ x``. As two BLAS calls the second pass finds the batch in cache at
+best; the first streams it from memory. :class:`StreamedLaunch` runs the three as
+one loop over blocks of :data:`BLOCK_ROWS` rows: the dot products of a block's
+rows, the pointwise kernels on those rows (each is a prepared launch of an
+ordinary kernel, called on the row range, as a thread would call it), then the
+rows' contributions to ``g`` while they are still in the first-level cache.
+
+What stays true:
+
+- the launch reads and writes exactly what the three launches it replaces read
+  and write: it takes every operand's address from their pointer arrays, which
+  their own ``prepare`` checked; a pointwise kernel on rows ``[a, b)`` touches only
+  those rows of what the pass produces (:mod:`ember.compiler.streaming` checks
+  that before it fuses);
+- the results depend on the shapes only, not on blocks or threads: each row's
+  dot product accumulates ``LANES`` partial sums over the row's full vectors in
+  order, adds them lane after lane, then the remaining elements in order; each
+  element of ``g`` adds the rows' contributions in row order. They are not the
+  bytes BLAS gives (its order is its own), and they differ from it in the last
+  bits (``tests/test_streaming.py`` bounds the difference).
+
+    >>> plan = StreamPlan("f32", rows=4, columns=3, x_row=3, v_step=1, s_step=1,
+    ...                   d_step=1, g_step=1, d_position=0, epilogues=1)
+    >>> plan.lanes
+    8
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ember.compiler.codegen import target
+
+#: Rows per block: the rows' data (``BLOCK_ROWS * k`` elements) stays in the
+#: first-level cache between the dot products and the gradient update.
+BLOCK_ROWS = 16
+#: The most columns the pass takes: it keeps ``v`` and ``g`` on the stack.
+MAX_COLUMNS = 4096
+#: Vector lanes per dtype: fixed, so that results do not depend on the machine.
+_LANES = {"f32": 8, "f64": 4}
+_TYPES = {"f32": "float", "f64": "double"}
+_ENTRY = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """The shape of one streamed pass, all strides in elements.
+
+    ``x`` is ``rows x columns`` with unit column stride and row stride ``x_row``;
+    ``v`` has ``columns`` elements ``v_step`` apart, ``s`` and ``d`` ``rows``
+    elements ``s_step`` and ``d_step`` apart, ``g`` ``columns`` elements
+    ``g_step`` apart. ``d_position`` is where ``d`` stands in the gradient
+    product's pointer array (0 for ``d.T @ x``, 1 for ``x.T @ d``).
+    """
+
+    dtype: str
+    rows: int
+    columns: int
+    x_row: int
+    v_step: int
+    s_step: int
+    d_step: int
+    g_step: int
+    d_position: int
+    epilogues: int
+
+    @property
+    def lanes(self) -> int:
+        return _LANES[self.dtype]
+
+    def describe(self) -> str:
+        return (
+            f"streamed pass {self.rows}x{self.columns} ({self.epilogues} pointwise "
+            f"kernel{'s' if self.epilogues != 1 else ''} between)"
+        )
+
+
+def stream_ir(plan: StreamPlan) -> str:
+    """The native entry ``ember_stream(args, start, stop)`` for ``plan``.
+
+    ``args`` holds the forward product's pointer array (``x``, ``v``, ``s`` first,
+    as :class:`~ember.compiler.codegen.blas.GemmLaunch` lays it out), the gradient
+    product's (``d`` at ``d_position``, ``g`` third), then a function and a
+    pointer array per pointwise kernel. ``start`` and ``stop`` are unused.
+    """
+    t = _TYPES[plan.dtype]
+    w = plan.lanes
+    vt = f"<{w} x {t}>"
+    k = plan.columns
+    full = k // w  # full vectors per row
+    out: list[str] = []
+    emit = out.append
+
+    def field(base: str, index: int, name: str) -> None:
+        emit(f"  %{name}.at = getelementptr i64, ptr %{base}, i64 {index}")
+        emit(f"  %{name} = load ptr, ptr %{name}.at")
+
+    emit("define void @ember_stream(ptr %args, i64 %start, i64 %stop) {")
+    emit("entry:")
+    field("args", 0, "pa")
+    field("args", 1, "ga")
+    field("pa", 0, "x")
+    field("pa", 1, "v")
+    field("pa", 2, "s")
+    field("ga", plan.d_position, "d")
+    field("ga", 2, "g")
+    for e in range(plan.epilogues):
+        field("args", 2 + 2 * e, f"efn{e}")
+        field("args", 3 + 2 * e, f"eargs{e}")
+    emit(f"  %vbuf = alloca {t}, i64 {k}, align 64")
+    emit(f"  %gbuf = alloca {t}, i64 {k}, align 64")
+    emit("  br label %copy")
+    # v into a contiguous buffer, g's accumulators to zero.
+    emit("copy:")
+    emit("  %cj = phi i64 [0, %entry], [%cj.next, %copy]")
+    emit(f"  %cj.v = mul i64 %cj, {plan.v_step}")
+    emit(f"  %cv.at = getelementptr {t}, ptr %v, i64 %cj.v")
+    emit(f"  %cv = load {t}, ptr %cv.at")
+    emit(f"  %cb.at = getelementptr {t}, ptr %vbuf, i64 %cj")
+    emit(f"  store {t} %cv, ptr %cb.at")
+    emit(f"  %cg.at = getelementptr {t}, ptr %gbuf, i64 %cj")
+    emit(f"  store {t} 0.0, ptr %cg.at")
+    emit("  %cj.next = add i64 %cj, 1")
+    emit(f"  %cj.more = icmp ult i64 %cj.next, {k}")
+    emit("  br i1 %cj.more, label %copy, label %block")
+    # The loop over blocks of rows.
+    emit("block:")
+    emit("  %b0 = phi i64 [0, %copy], [%b1, %block.end]")
+    emit(f"  %b1.try = add i64 %b0, {BLOCK_ROWS}")
+    emit(f"  %b1.fits = icmp slt i64 %b1.try, {plan.rows}")
+    emit(f"  %b1 = select i1 %b1.fits, i64 %b1.try, i64 {plan.rows}")
+    emit("  br label %dot.head")
+    _dot_rows(emit, plan)
+    emit("epilogue:")
+    for e in range(plan.epilogues):
+        emit(f"  call void %efn{e}(ptr %eargs{e}, i64 %b0, i64 %b1)")
+    emit("  br label %rank.head")
+    # Each row's contribution to g, rows in order.
+    emit("rank.head:")
+    emit("  %r = phi i64 [%b0, %epilogue], [%r.next, %rank.tail]")
+    emit("  %r.more = icmp slt i64 %r, %b1")
+    emit("  br i1 %r.more, label %rank.row, label %block.end")
+    emit("rank.row:")
+    emit(f"  %r.d = mul i64 %r, {plan.d_step}")
+    emit(f"  %dr.at = getelementptr {t}, ptr %d, i64 %r.d")
+    emit(f"  %dr = load {t}, ptr %dr.at")
+    emit(f"  %r.x = mul i64 %r, {plan.x_row}")
+    emit(f"  %xr = getelementptr {t}, ptr %x, i64 %r.x")
+    if full:
+        emit(f"  %dr.one = insertelement {vt} poison, {t} %dr, i64 0")
+        emit(f"  %dr.all = shufflevector {vt} %dr.one, {vt} poison, <{w} x i32> zeroinitializer")
+        emit("  br label %rank.loop")
+        emit("rank.loop:")
+        emit("  %rj = phi i64 [0, %rank.row], [%rj.next, %rank.loop]")
+        emit(f"  %rj.e = mul i64 %rj, {w}")
+        emit(f"  %rx.at = getelementptr {t}, ptr %xr, i64 %rj.e")
+        emit(f"  %rx = load {vt}, ptr %rx.at, align {_size(t)}")
+        emit(f"  %rg.at = getelementptr {t}, ptr %gbuf, i64 %rj.e")
+        emit(f"  %rg = load {vt}, ptr %rg.at, align {_size(t)}")
+        emit(f"  %rg.new = call {vt} @llvm.fmuladd.v{w}{_suffix(t)}({vt} %dr.all, {vt} %rx, {vt} %rg)")
+        emit(f"  store {vt} %rg.new, ptr %rg.at, align {_size(t)}")
+        emit("  %rj.next = add i64 %rj, 1")
+        emit(f"  %rj.more = icmp ult i64 %rj.next, {full}")
+        emit("  br i1 %rj.more, label %rank.loop, label %rank.tail")
+    else:
+        emit("  br label %rank.tail")
+    emit("rank.tail:")
+    for j in range(full * w, k):
+        emit(f"  %rt{j}.x.at = getelementptr {t}, ptr %xr, i64 {j}")
+        emit(f"  %rt{j}.x = load {t}, ptr %rt{j}.x.at")
+        emit(f"  %rt{j}.g.at = getelementptr {t}, ptr %gbuf, i64 {j}")
+        emit(f"  %rt{j}.g = load {t}, ptr %rt{j}.g.at")
+        emit(f"  %rt{j}.new = call {t} @llvm.fmuladd.{_suffix(t)}({t} %dr, {t} %rt{j}.x, {t} %rt{j}.g)")
+        emit(f"  store {t} %rt{j}.new, ptr %rt{j}.g.at")
+    emit("  %r.next = add i64 %r, 1")
+    emit("  br label %rank.head")
+    emit("block.end:")
+    emit(f"  %more.blocks = icmp slt i64 %b1, {plan.rows}")
+    emit("  br i1 %more.blocks, label %block, label %store")
+    # g from its accumulators.
+    emit("store:")
+    emit("  %sj = phi i64 [0, %block.end], [%sj.next, %store]")
+    emit(f"  %sg.at = getelementptr {t}, ptr %gbuf, i64 %sj")
+    emit(f"  %sg = load {t}, ptr %sg.at")
+    emit(f"  %sj.g = mul i64 %sj, {plan.g_step}")
+    emit(f"  %so.at = getelementptr {t}, ptr %g, i64 %sj.g")
+    emit(f"  store {t} %sg, ptr %so.at")
+    emit("  %sj.next = add i64 %sj, 1")
+    emit(f"  %sj.more = icmp ult i64 %sj.next, {k}")
+    emit("  br i1 %sj.more, label %store, label %done")
+    emit("done:")
+    emit("  ret void")
+    emit("}")
+    suffix = _suffix(t)
+    emit(f"declare {t} @llvm.fmuladd.{suffix}({t}, {t}, {t})")
+    emit(f"declare {vt} @llvm.fmuladd.v{w}{suffix}({vt}, {vt}, {vt})")
+    emit(f"declare {t} @llvm.vector.reduce.fadd.v{w}{suffix}({t}, {vt})")
+    return "\n".join(out)
+
+
+def _dot_rows(emit: Any, plan: StreamPlan) -> None:
+    """Blocks ``dot.head`` (entered from ``block``) that compute the dot products
+    of the block's rows one after the other, then go to ``epilogue``. (Rows taken
+    four at a time ran as fast from cache and twice as slow from memory here.)"""
+    rows, name, came_from, after = 1, "dot", "block", "epilogue"
+    t = _TYPES[plan.dtype]
+    w = plan.lanes
+    vt = f"<{w} x {t}>"
+    k = plan.columns
+    full = k // w
+    suffix = _suffix(t)
+    start = "%b0"
+    emit(f"{name}.head:")
+    emit(f"  %i.{name} = phi i64 [{start}, %{came_from}], [%i.{name}.next, %{name}.tail]")
+    emit(f"  %i.{name}.next = add i64 %i.{name}, {rows}")
+    emit(f"  %{name}.fits = icmp sle i64 %i.{name}.next, %b1")
+    emit(f"  br i1 %{name}.fits, label %{name}.rows, label %{after}")
+    emit(f"{name}.rows:")
+    for r in range(rows):
+        emit(f"  %{name}.i{r} = add i64 %i.{name}, {r}")
+        emit(f"  %{name}.o{r} = mul i64 %{name}.i{r}, {plan.x_row}")
+        emit(f"  %{name}.x{r} = getelementptr {t}, ptr %x, i64 %{name}.o{r}")
+    if full:
+        emit(f"  br label %{name}.loop")
+        emit(f"{name}.loop:")
+        emit(f"  %{name}.j = phi i64 [0, %{name}.rows], [%{name}.j.next, %{name}.loop]")
+        for r in range(rows):
+            emit(
+                f"  %{name}.acc{r} = phi {vt} [zeroinitializer, %{name}.rows], "
+                f"[%{name}.acc{r}.next, %{name}.loop]"
+            )
+        emit(f"  %{name}.je = mul i64 %{name}.j, {w}")
+        emit(f"  %{name}.v.at = getelementptr {t}, ptr %vbuf, i64 %{name}.je")
+        emit(f"  %{name}.v = load {vt}, ptr %{name}.v.at, align {_size(t)}")
+        for r in range(rows):
+            emit(f"  %{name}.xv{r}.at = getelementptr {t}, ptr %{name}.x{r}, i64 %{name}.je")
+            emit(f"  %{name}.xv{r} = load {vt}, ptr %{name}.xv{r}.at, align {_size(t)}")
+            emit(
+                f"  %{name}.acc{r}.next = call {vt} @llvm.fmuladd.v{w}{suffix}("
+                f"{vt} %{name}.xv{r}, {vt} %{name}.v, {vt} %{name}.acc{r})"
+            )
+        emit(f"  %{name}.j.next = add i64 %{name}.j, 1")
+        emit(f"  %{name}.j.more = icmp ult i64 %{name}.j.next, {full}")
+        emit(f"  br i1 %{name}.j.more, label %{name}.loop, label %{name}.tail")
+    else:
+        emit(f"  br label %{name}.tail")
+    emit(f"{name}.tail:")
+    for r in range(rows):
+        if full:
+            acc = f"%{name}.acc{r}.next"
+            emit(
+                f"  %{name}.sum{r}.0 = call {t} @llvm.vector.reduce.fadd.v{w}{suffix}"
+                f"({t} -0.0, {vt} {acc})"
+            )
+            total = f"%{name}.sum{r}.0"
+        else:
+            total = "-0.0"
+        for j in range(full * w, k):
+            emit(f"  %{name}.t{r}.{j}.x.at = getelementptr {t}, ptr %{name}.x{r}, i64 {j}")
+            emit(f"  %{name}.t{r}.{j}.x = load {t}, ptr %{name}.t{r}.{j}.x.at")
+            emit(f"  %{name}.t{r}.{j}.v.at = getelementptr {t}, ptr %vbuf, i64 {j}")
+            emit(f"  %{name}.t{r}.{j}.v = load {t}, ptr %{name}.t{r}.{j}.v.at")
+            emit(
+                f"  %{name}.sum{r}.{j + 1} = call {t} @llvm.fmuladd.{suffix}("
+                f"{t} %{name}.t{r}.{j}.x, {t} %{name}.t{r}.{j}.v, {t} {total})"
+            )
+            total = f"%{name}.sum{r}.{j + 1}"
+        emit(f"  %{name}.so{r} = mul i64 %{name}.i{r}, {plan.s_step}")
+        emit(f"  %{name}.s{r}.at = getelementptr {t}, ptr %s, i64 %{name}.so{r}")
+        if total == "-0.0":
+            # No column at all cannot happen (columns >= 1); keep the IR valid.
+            emit(f"  store {t} 0.0, ptr %{name}.s{r}.at")
+        else:
+            emit(f"  store {t} {total}, ptr %{name}.s{r}.at")
+    emit(f"  br label %{name}.head")
+
+
+def _suffix(t: str) -> str:
+    return "f32" if t == "float" else "f64"
+
+
+def _size(t: str) -> int:
+    return 4 if t == "float" else 8
+
+
+@functools.cache
+def stream_entry(plan: StreamPlan) -> tuple[Any, int]:
+    """(JIT engine, address of ``ember_stream``) for ``plan``, compiled once."""
+    module = target.optimize(stream_ir(plan), "ember_stream")
+    engine, addresses = target.load_object(target.emit_object(module), ["ember_stream"])
+    return engine, addresses["ember_stream"]
+
+
+class StreamedLaunch:
+    """The forward product, pointwise kernels and gradient product of a streamed
+    pass (see the module docstring) as one launch with the interface of a
+    :class:`~ember.compiler.codegen.launch.PreparedLaunch`.
+
+    ``forward`` and ``gradient`` are prepared BLAS launches
+    (:class:`~ember.compiler.codegen.blas.GemmLaunch`), ``epilogues`` prepared
+    kernel launches that run on the calling thread, and ``targets`` the pointer
+    array entries of every address the launch takes, in the order its caller
+    passes them.
+    """
+
+    sequenceable = True
+
+    def __init__(
+        self,
+        plan: StreamPlan,
+        forward: Any,
+        epilogues: Sequence[Any],
+        gradient: Any,
+        targets: list[tuple[Any, int, int]],
+    ) -> None:
+        self.plan = plan
+        self.launches = (forward, *epilogues, gradient)
+        self._engine, self._entry = stream_entry(plan)
+        self._call = _ENTRY(self._entry)
+        fields = [ctypes.addressof(forward._args), ctypes.addressof(gradient._args)]
+        for launch in epilogues:
+            record = launch.record()
+            assert record is not None and record[4] == 0
+            fields += [record[0], record[1]]
+        self._args = (ctypes.c_int64 * len(fields))(*fields)
+        self._targets = targets
+
+    @property
+    def regions(self) -> int:
+        return len(self._targets)
+
+    @property
+    def targets(self) -> list[tuple[Any, int, int]]:
+        return list(self._targets)
+
+    def fill(self, addresses: Sequence[int]) -> None:
+        for (args, position, delta), address in zip(self._targets, addresses):
+            args[position] = address + delta
+
+    def record(self) -> tuple[int, ...]:
+        """This launch's record of a LaunchSequence table: call the entry once."""
+        return self._entry, ctypes.addressof(self._args), 0, 1, 0, 0, 0
+
+    def __call__(self, addresses: Sequence[int]) -> None:
+        self.fill(addresses)
+        self.run()
+
+    def run(self) -> None:
+        self._call(self._args, 0, 1)
