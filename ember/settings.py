@@ -85,6 +85,14 @@ SETTINGS: dict[str, Setting] = {
             True,
             "run independent large matrix products of a program on two threads",
         ),
+        Setting(
+            "streamed_passes",
+            "EMBER_STREAM",
+            _parse_bool,
+            True,
+            "read a linear layer's batch once for its product, pointwise kernels "
+            "and weight gradient",
+        ),
     ]
 }
 

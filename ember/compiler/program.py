@@ -36,6 +36,7 @@ import numpy as np
 from ember import settings
 from ember.compiler.boundary import Boundary, first_address, sequenced
 from ember.compiler.concurrency import pair_products, split_unpaired, step_times
+from ember.compiler.streaming import stream_passes
 from ember.errors import SignatureError
 from ember.ir.ieee import quiet
 from ember.ir.layout import span, within_bounds
@@ -318,6 +319,8 @@ class Program:
         self.donated = dict(donated or {})
         # Independent large products stand in pairs that run side by side.
         pairs: set[int] = set()
+        if settings.get("streamed_passes"):
+            steps = stream_passes(steps)
         if settings.get("concurrent_products"):
             steps, pairs = split_unpaired(*pair_products(steps))
         self.steps = tuple(steps)

@@ -531,11 +531,7 @@ class LaunchSequence:
         ]
         # Where each address a call passes goes: a launch's pointer array, the
         # position in it and the byte offset of the buffer's first element.
-        self._targets = [
-            (launch._args, position, delta)
-            for launch in launches
-            for position, delta in launch._variable
-        ]
+        self._targets = [target for launch in launches for target in launch.targets]
         self._table = (ctypes.c_int64 * (_RECORD * len(self.launches)))()
         for k, record in enumerate(r for r in records if r is not None):
             self._table[_RECORD * k : _RECORD * k + len(record)] = record
