@@ -168,7 +168,11 @@ def _row_kernel(step: Any, rows: int, produced: dict[int, tuple[int, int]]) -> b
     compiled = step.compiled
     kernel = getattr(compiled, "kernel", None)
     emitted = getattr(compiled, "emitted", None)
-    if kernel is None or emitted is None or getattr(compiled, "_partial", 1) is not None:
+    if (
+        kernel is None
+        or emitted is None
+        or getattr(compiled, "_partial", 1) is not None
+    ):
         return False
     if getattr(compiled, "_points", PARALLEL_THRESHOLD) >= PARALLEL_THRESHOLD:
         return False
