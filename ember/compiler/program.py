@@ -491,6 +491,14 @@ class Program:
             for entry in self._simple_results
         ]
 
+    def steady(self) -> _Steady | None:
+        """A runner for the calls of a training loop (see :class:`_Steady`), or
+        None when this program's calls need more than it does: a launch that is
+        not prepared, or a result too large to stage."""
+        if self._resident is None or self._fresh or self._simple_results is None:
+            return None
+        return _Steady(self)
+
     def run_arrays(self, *values: Any) -> list[np.ndarray]:
         """Run on positional arguments; return numpy arrays (see the class doc)."""
         env = self._execute(values)
@@ -786,6 +794,86 @@ class Program:
         ]
         lines.extend(f"  {step.describe()}" for step in self.steps)
         return "\n".join(lines)
+
+
+class _Steady:
+    """The calls of a training loop, run with the least work that keeps them as
+    safe as :meth:`Program._execute_resident`: every argument a tensor over the
+    flat storage the last call's had at the same position, either the same view
+    or a new one of the same layout that lies within the storage (the next batch
+    sliced from a dataset), the arguments' storages disjoint as checked last, and
+    every result small enough to be staged. :meth:`run` returns None for any
+    other call, having changed nothing the general path does not expect; the
+    caller then takes :meth:`Program.run_fresh_arrays`.
+    """
+
+    def __init__(self, program: Program) -> None:
+        resident = program._resident
+        assert resident is not None and program._simple_results is not None
+        self.program = program
+        self.resident = resident
+        self.seen = program._resident_seen
+        self.slots = program._arg_slots
+        self.specs = program.args
+        self.updated = program._updated_positions
+        staged = dict(program._staged)
+        self.results = [
+            None if entry is None else staged[entry[0]]
+            for entry in program._simple_results
+        ]
+
+    def run(self, values: Sequence[Any], laid_out: int = 0) -> list[Any] | None:
+        """Run on ``values`` (tensors, in argument order); the first ``laid_out``
+        the caller found of this program's layouts. Returns each result's array
+        (None for one written over its argument), or None when the general path
+        must run the call."""
+        program = self.program
+        lock = program._lock
+        if not program._disjoint or not lock.acquire(blocking=False):
+            return None
+        try:
+            seen, specs, resident = self.seen, self.specs, self.resident
+            for position, value in enumerate(values):
+                hit = seen[position]
+                if hit is None or not isinstance(value, _Tensor):
+                    return None
+                flat = value._storage.data
+                if hit[1]() is not flat:
+                    return None
+                meta = value._meta
+                if meta is hit[0]:
+                    continue
+                spec = specs[position]
+                if hit[4] is None or flat.strides != spec._flat_strides:
+                    return None
+                if position >= laid_out:
+                    layout = spec.meta
+                    if (
+                        meta.strides != layout.strides
+                        or meta.shape != layout.shape
+                        or meta.dtype is not layout.dtype
+                    ):
+                        return None
+                offset = meta.offset
+                if offset < 0 or offset + spec._extent > flat.shape[0]:
+                    return None
+                address = hit[4] + offset * flat.itemsize
+                slot = self.slots[position]
+                written = resident.targets.get(slot)
+                if written is not None:
+                    # Resident.write, inline: the loop's one per-batch cost.
+                    for args, at, delta in written:
+                        args[at] = address + delta
+                    resident.last[slot] = address
+                seen[position] = (meta, hit[1], offset, address, hit[4])
+            for position in self.updated:
+                if not values[position]._storage.data.flags.writeable:
+                    return None
+            for run in resident.runs:
+                run()
+            return [None if array is None else array.copy() for array in self.results]
+        finally:
+            lock.release()
 
 
 class _Resident:

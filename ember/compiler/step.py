@@ -347,6 +347,11 @@ class _Lean:
         self.bumped = [state.tensors[name] for name in direct.in_place]
         self.grads = [(state.params[name], index) for name, index in entry.grads]
         self.results = range(entry.num_results)
+        # The program's runner for the calls of a loop; None when it has none.
+        self.steady = None
+        if not direct.writes and not entry.numbers:
+            steady = getattr(entry.program, "steady", None)
+            self.steady = steady() if steady is not None else None
 
     def run(self, args: tuple[Any, ...]) -> Any:
         if len(args) != self.count:
@@ -358,7 +363,12 @@ class _Lean:
                 return _MISS
             meta = arg._meta
             if meta is not metas[k]:
-                if (meta.shape, meta.dtype, meta.strides) != self.layouts[k]:
+                shape, dtype, strides = self.layouts[k]
+                if (
+                    meta.strides != strides
+                    or meta.shape != shape
+                    or meta.dtype is not dtype
+                ):
                     return _MISS
                 metas[k] = meta
                 changed = True
@@ -375,7 +385,12 @@ class _Lean:
         values += self.inputs
         if direct.writes or entry.numbers:
             return _run_direct(entry, direct, values, state)
-        arrays = entry.program.run_fresh_arrays(values, changed)
+        arrays = None
+        if changed and self.steady is not None:
+            # The arguments' layouts are the program's: compared above.
+            arrays = self.steady.run(values, self.count)
+        if arrays is None:
+            arrays = entry.program.run_fresh_arrays(values, changed)
         for tensor in self.bumped:
             tensor._storage.version += 1
         layouts: Any = direct.layouts
