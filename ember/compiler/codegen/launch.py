@@ -536,6 +536,12 @@ class LaunchSequence:
         for k, record in enumerate(r for r in records if r is not None):
             self._table[_RECORD * k : _RECORD * k + len(record)] = record
         self._engine, self._run = _loop_entry("ember_sequence")
+        # Helpers a launch hands parts to, woken before each call.
+        self._wakes = list(
+            {
+                id(w): w for w in (getattr(x, "wakes", None) for x in launches) if w
+            }.values()
+        )
 
     def __call__(self, addresses: Sequence[int]) -> None:
         if len(addresses) != len(self._targets):
@@ -555,6 +561,8 @@ class LaunchSequence:
 
     def run(self) -> None:
         """Run on the addresses written last."""
+        for helper in self._wakes:
+            helper.wake()
         self._run(self._table, len(self.launches))
 
 

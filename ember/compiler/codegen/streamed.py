@@ -9,7 +9,11 @@ best; the first streams it from memory. :class:`StreamedLaunch` runs the three a
 one loop over blocks of :data:`BLOCK_ROWS` rows: the dot products of a block's
 rows, the pointwise kernels on those rows (each is a prepared launch of an
 ordinary kernel, called on the row range, as a thread would call it), then the
-rows' contributions to ``g`` while they are still in the first-level cache.
+rows' contributions to ``g`` while they are still in the first-level cache. A
+pass of at least :data:`PARALLEL_ELEMENTS` elements splits its rows in two
+parts that the calling thread and the native helper
+(:mod:`ember.compiler.codegen.worker`) claim, each summing its own ``g``; the
+two are added in part order.
 
 What stays true:
 
@@ -19,9 +23,10 @@ What stays true:
   those rows of what the pass produces (:mod:`ember.compiler.streaming` checks
   that before it fuses);
 - the results depend on the shapes only, not on blocks or threads: each row's
-  dot product accumulates ``LANES`` partial sums over the row's full vectors in
-  order, adds them lane after lane, then the remaining elements in order; each
-  element of ``g`` adds the rows' contributions in row order. They are not the
+  dot product accumulates its full vectors alternately in two vectors of
+  partial sums, adds the remaining elements one by one, then sums the lanes
+  in halves; each element of ``g`` adds the rows' contributions of each part
+  in row order, then the parts in order (the split depends on the shape). They are not the
   bytes BLAS gives (its order is its own), and they differ from it in the last
   bits (``tests/test_streaming.py`` bounds the difference).
 
@@ -39,6 +44,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from ember.compiler.codegen import target
 
 #: Rows per block: the rows' data (``BLOCK_ROWS * k`` elements) stays in the
@@ -46,6 +53,13 @@ from ember.compiler.codegen import target
 BLOCK_ROWS = 16
 #: The most columns the pass takes: it keeps ``v`` and ``g`` on the stack.
 MAX_COLUMNS = 4096
+#: The fewest elements of ``x`` for which the pass runs as two parts (about
+#: 1.5 µs of work from cache here, against a few hundred nanoseconds to hand a
+#: part to the helper; docs/codegen.md has the figures).
+PARALLEL_ELEMENTS = 1 << 14
+#: Where the pointer array of a launch keeps the helper's slot, ember_parallel,
+#: the partial sums of g, and the record of its parts (see worker.py).
+_SLOT, _PARALLEL, _PARTIAL, _RECORD, _EPILOGUES = 2, 3, 4, 8, 32
 #: Vector lanes per dtype: fixed, so that results do not depend on the machine.
 _LANES = {"f32": 8, "f64": 4}
 _TYPES = {"f32": "float", "f64": "double"}
@@ -78,6 +92,18 @@ class StreamPlan:
     def lanes(self) -> int:
         return _LANES[self.dtype]
 
+    @property
+    def padded(self) -> int:
+        """``columns`` rounded up to whole vectors."""
+        return -(-self.columns // self.lanes) * self.lanes
+
+    @property
+    def cut(self) -> int:
+        """The first row of the second part; ``rows`` for a pass in one part."""
+        if self.rows * self.columns < PARALLEL_ELEMENTS or self.rows < 2 * BLOCK_ROWS:
+            return self.rows
+        return self.rows // 2 // BLOCK_ROWS * BLOCK_ROWS
+
     def describe(self) -> str:
         return (
             f"streamed pass {self.rows}x{self.columns} ({self.epilogues} pointwise "
@@ -90,22 +116,78 @@ def stream_ir(plan: StreamPlan) -> str:
 
     ``args`` holds the forward product's pointer array (``x``, ``v``, ``s`` first,
     as :class:`~ember.compiler.codegen.blas.GemmLaunch` lays it out), the gradient
-    product's (``d`` at ``d_position``, ``g`` third), then a function and a
-    pointer array per pointwise kernel. ``start`` and ``stop`` are unused.
+    product's (``d`` at ``d_position``, ``g`` third), the helper's slot (0 for
+    none), the address of ``ember_parallel``, the partial sums of ``g``, the
+    record of the parts, then a function and a pointer array per pointwise
+    kernel. ``start`` and ``stop`` are unused.
     """
+    t = _TYPES[plan.dtype]
+    k = plan.columns
+    out: list[str] = []
+    emit = out.append
+    _part_ir(emit, plan)
+    emit("define void @ember_stream(ptr %args, i64 %start, i64 %stop) {")
+    emit("entry:")
+    if plan.cut == plan.rows:
+        emit("  call void @ember_stream_part(ptr %args, i64 0)")
+        emit("  ret void")
+        emit("}")
+        return "\n".join(out)
+    emit(f"  %rec = getelementptr i64, ptr %args, i64 {_RECORD}")
+    emit("  store ptr @ember_stream_part, ptr %rec")
+    emit("  %rec.args = getelementptr i64, ptr %rec, i64 1")
+    emit("  store ptr %args, ptr %rec.args")
+    emit("  %rec.parts = getelementptr i64, ptr %rec, i64 2")
+    emit("  store i64 2, ptr %rec.parts")
+    for name, index in (
+        ("slot", _SLOT),
+        ("parallel", _PARALLEL),
+        ("partial", _PARTIAL),
+    ):
+        emit(f"  %{name}.at = getelementptr i64, ptr %args, i64 {index}")
+        emit(f"  %{name} = load ptr, ptr %{name}.at")
+    emit("  call void %parallel(ptr %slot, ptr %rec)")
+    emit("  %ga.at = getelementptr i64, ptr %args, i64 1")
+    emit("  %ga = load ptr, ptr %ga.at")
+    emit("  %g.at = getelementptr i64, ptr %ga, i64 2")
+    emit("  %g = load ptr, ptr %g.at")
+    emit("  br label %add")
+    emit("add:")
+    emit("  %j = phi i64 [0, %entry], [%j.next, %add]")
+    emit(f"  %p0.at = getelementptr {t}, ptr %partial, i64 %j")
+    emit(f"  %p0 = load {t}, ptr %p0.at")
+    emit(f"  %j1 = add i64 %j, {plan.padded}")
+    emit(f"  %p1.at = getelementptr {t}, ptr %partial, i64 %j1")
+    emit(f"  %p1 = load {t}, ptr %p1.at")
+    emit(f"  %sum = fadd {t} %p0, %p1")
+    emit(f"  %jg = mul i64 %j, {plan.g_step}")
+    emit(f"  %out.at = getelementptr {t}, ptr %g, i64 %jg")
+    emit(f"  store {t} %sum, ptr %out.at")
+    emit("  %j.next = add i64 %j, 1")
+    emit(f"  %j.more = icmp ult i64 %j.next, {k}")
+    emit("  br i1 %j.more, label %add, label %done")
+    emit("done:")
+    emit("  ret void")
+    emit("}")
+    return "\n".join(out)
+
+
+def _part_ir(emit: Any, plan: StreamPlan) -> None:
+    """``ember_stream_part(args, part)``: the pass over the part's rows (all of
+    them for a pass in one part), storing ``g`` (one part) or the part's partial
+    sums."""
     t = _TYPES[plan.dtype]
     w = plan.lanes
     vt = f"<{w} x {t}>"
     k = plan.columns
     full = k // w  # full vectors per row
-    out: list[str] = []
-    emit = out.append
+    align = _size(t)
 
     def field(base: str, index: int, name: str) -> None:
         emit(f"  %{name}.at = getelementptr i64, ptr %{base}, i64 {index}")
         emit(f"  %{name} = load ptr, ptr %{name}.at")
 
-    emit("define void @ember_stream(ptr %args, i64 %start, i64 %stop) {")
+    emit("define void @ember_stream_part(ptr %args, i64 %part) {")
     emit("entry:")
     field("args", 0, "pa")
     field("args", 1, "ga")
@@ -113,10 +195,23 @@ def stream_ir(plan: StreamPlan) -> str:
     field("pa", 1, "v")
     field("pa", 2, "s")
     field("ga", plan.d_position, "d")
-    field("ga", 2, "g")
+    split = plan.cut < plan.rows
+    if split:
+        field("args", _PARTIAL, "partial")
+        emit(f"  %out.first = mul i64 %part, {plan.padded}")
+        emit(f"  %out = getelementptr {t}, ptr %partial, i64 %out.first")
+        out_step = 1
+        emit("  %second = icmp ne i64 %part, 0")
+        emit(f"  %lo = select i1 %second, i64 {plan.cut}, i64 0")
+        emit(f"  %hi = select i1 %second, i64 {plan.rows}, i64 {plan.cut}")
+    else:
+        field("ga", 2, "out")
+        out_step = plan.g_step
+        emit("  %lo = add i64 0, 0")
+        emit(f"  %hi = add i64 0, {plan.rows}")
     for e in range(plan.epilogues):
-        field("args", 2 + 2 * e, f"efn{e}")
-        field("args", 3 + 2 * e, f"eargs{e}")
+        field("args", _EPILOGUES + 2 * e, f"efn{e}")
+        field("args", _EPILOGUES + 1 + 2 * e, f"eargs{e}")
     emit(f"  %vbuf = alloca {t}, i64 {k}, align 64")
     emit(f"  %gbuf = alloca {t}, i64 {k}, align 64")
     emit("  br label %copy")
@@ -135,10 +230,10 @@ def stream_ir(plan: StreamPlan) -> str:
     emit("  br i1 %cj.more, label %copy, label %block")
     # The loop over blocks of rows.
     emit("block:")
-    emit("  %b0 = phi i64 [0, %copy], [%b1, %block.end]")
+    emit("  %b0 = phi i64 [%lo, %copy], [%b1, %block.end]")
     emit(f"  %b1.try = add i64 %b0, {BLOCK_ROWS}")
-    emit(f"  %b1.fits = icmp slt i64 %b1.try, {plan.rows}")
-    emit(f"  %b1 = select i1 %b1.fits, i64 %b1.try, i64 {plan.rows}")
+    emit("  %b1.fits = icmp slt i64 %b1.try, %hi")
+    emit("  %b1 = select i1 %b1.fits, i64 %b1.try, i64 %hi")
     emit("  br label %dot.head")
     _dot_rows(emit, plan)
     emit("epilogue:")
@@ -156,6 +251,7 @@ def stream_ir(plan: StreamPlan) -> str:
     emit(f"  %dr = load {t}, ptr %dr.at")
     emit(f"  %r.x = mul i64 %r, {plan.x_row}")
     emit(f"  %xr = getelementptr {t}, ptr %x, i64 %r.x")
+    fma = f"@llvm.fmuladd.v{w}{_suffix(t)}"
     if full:
         emit(f"  %dr.one = insertelement {vt} poison, {t} %dr, i64 0")
         emit(
@@ -167,14 +263,11 @@ def stream_ir(plan: StreamPlan) -> str:
         emit("  %rj = phi i64 [0, %rank.row], [%rj.next, %rank.loop]")
         emit(f"  %rj.e = mul i64 %rj, {w}")
         emit(f"  %rx.at = getelementptr {t}, ptr %xr, i64 %rj.e")
-        emit(f"  %rx = load {vt}, ptr %rx.at, align {_size(t)}")
+        emit(f"  %rx = load {vt}, ptr %rx.at, align {align}")
         emit(f"  %rg.at = getelementptr {t}, ptr %gbuf, i64 %rj.e")
-        emit(f"  %rg = load {vt}, ptr %rg.at, align {_size(t)}")
-        emit(
-            f"  %rg.new = call {vt} @llvm.fmuladd.v{w}{_suffix(t)}"
-            f"({vt} %dr.all, {vt} %rx, {vt} %rg)"
-        )
-        emit(f"  store {vt} %rg.new, ptr %rg.at, align {_size(t)}")
+        emit(f"  %rg = load {vt}, ptr %rg.at, align {align}")
+        emit(f"  %rg.new = call {vt} {fma}({vt} %dr.all, {vt} %rx, {vt} %rg)")
+        emit(f"  store {vt} %rg.new, ptr %rg.at, align {align}")
         emit("  %rj.next = add i64 %rj, 1")
         emit(f"  %rj.more = icmp ult i64 %rj.next, {full}")
         emit("  br i1 %rj.more, label %rank.loop, label %rank.tail")
@@ -194,15 +287,15 @@ def stream_ir(plan: StreamPlan) -> str:
     emit("  %r.next = add i64 %r, 1")
     emit("  br label %rank.head")
     emit("block.end:")
-    emit(f"  %more.blocks = icmp slt i64 %b1, {plan.rows}")
+    emit("  %more.blocks = icmp slt i64 %b1, %hi")
     emit("  br i1 %more.blocks, label %block, label %store")
-    # g from its accumulators.
+    # g (or the part's partial sums) from its accumulators.
     emit("store:")
     emit("  %sj = phi i64 [0, %block.end], [%sj.next, %store]")
     emit(f"  %sg.at = getelementptr {t}, ptr %gbuf, i64 %sj")
     emit(f"  %sg = load {t}, ptr %sg.at")
-    emit(f"  %sj.g = mul i64 %sj, {plan.g_step}")
-    emit(f"  %so.at = getelementptr {t}, ptr %g, i64 %sj.g")
+    emit(f"  %sj.g = mul i64 %sj, {out_step}")
+    emit(f"  %so.at = getelementptr {t}, ptr %out, i64 %sj.g")
     emit(f"  store {t} %sg, ptr %so.at")
     emit("  %sj.next = add i64 %sj, 1")
     emit(f"  %sj.more = icmp ult i64 %sj.next, {k}")
@@ -213,21 +306,24 @@ def stream_ir(plan: StreamPlan) -> str:
     suffix = _suffix(t)
     emit(f"declare {t} @llvm.fmuladd.{suffix}({t}, {t}, {t})")
     emit(f"declare {vt} @llvm.fmuladd.v{w}{suffix}({vt}, {vt}, {vt})")
-    emit(f"declare {t} @llvm.vector.reduce.fadd.v{w}{suffix}({t}, {vt})")
-    return "\n".join(out)
 
 
 def _dot_rows(emit: Any, plan: StreamPlan) -> None:
     """Blocks ``dot.head`` (entered from ``block``) that compute the dot products
-    of the block's rows one after the other, then go to ``epilogue``. A row
-    accumulates ``lanes`` partial sums over its full vectors, adds them lane
-    after lane, then its remaining elements in order. (Rows taken four at a
-    time, interleaved, ran as fast from cache and twice as slow from memory.)"""
+    of the block's rows one after the other, then go to ``epilogue``.
+
+    A row's full vectors go alternately to two vectors of partial sums (two
+    chains of multiply-adds), which are then added; the remaining elements are
+    added one by one into lane 0 of that sum, and the lanes summed in halves
+    (lane ``i`` with lane ``i + lanes/2``, and so on). (Rows taken four at a
+    time, interleaved, ran as fast from cache and twice as slow from memory.)
+    """
     t = _TYPES[plan.dtype]
     w = plan.lanes
     vt = f"<{w} x {t}>"
     full = plan.columns // w
-    fma = f"@llvm.fmuladd.{_suffix(t)}"
+    fma = f"@llvm.fmuladd.v{w}{_suffix(t)}"
+    align = _size(t)
     emit("dot.head:")
     emit("  %i = phi i64 [%b0, %block], [%i.next, %dot.tail]")
     emit("  %i.more = icmp slt i64 %i, %b1")
@@ -235,43 +331,71 @@ def _dot_rows(emit: Any, plan: StreamPlan) -> None:
     emit("dot.row:")
     emit(f"  %i.x = mul i64 %i, {plan.x_row}")
     emit(f"  %xi = getelementptr {t}, ptr %x, i64 %i.x")
-    total = f"{t} -0.0"
-    if full:
+    acc0 = acc1 = "zeroinitializer"
+    if full >= 2:
         emit("  br label %dot.loop")
         emit("dot.loop:")
         emit("  %j = phi i64 [0, %dot.row], [%j.next, %dot.loop]")
-        emit(f"  %acc = phi {vt} [zeroinitializer, %dot.row], [%acc.next, %dot.loop]")
-        emit(f"  %j.e = mul i64 %j, {w}")
-        emit(f"  %xv.at = getelementptr {t}, ptr %xi, i64 %j.e")
-        emit(f"  %xv = load {vt}, ptr %xv.at, align {_size(t)}")
-        emit(f"  %vv.at = getelementptr {t}, ptr %vbuf, i64 %j.e")
-        emit(f"  %vv = load {vt}, ptr %vv.at, align {_size(t)}")
-        emit(
-            f"  %acc.next = call {vt} @llvm.fmuladd.v{w}{_suffix(t)}"
-            f"({vt} %xv, {vt} %vv, {vt} %acc)"
-        )
+        for a in (0, 1):
+            emit(
+                f"  %acc{a} = phi {vt} [zeroinitializer, %dot.row], "
+                f"[%acc{a}.next, %dot.loop]"
+            )
+        emit(f"  %j0 = mul i64 %j, {2 * w}")
+        emit(f"  %j1 = add i64 %j0, {w}")
+        for a in (0, 1):
+            emit(f"  %xv{a}.at = getelementptr {t}, ptr %xi, i64 %j{a}")
+            emit(f"  %xv{a} = load {vt}, ptr %xv{a}.at, align {align}")
+            emit(f"  %vv{a}.at = getelementptr {t}, ptr %vbuf, i64 %j{a}")
+            emit(f"  %vv{a} = load {vt}, ptr %vv{a}.at, align {align}")
+            emit(
+                f"  %acc{a}.next = call {vt} {fma}({vt} %xv{a}, {vt} %vv{a}, "
+                f"{vt} %acc{a})"
+            )
         emit("  %j.next = add i64 %j, 1")
-        emit(f"  %j.more = icmp ult i64 %j.next, {full}")
-        emit("  br i1 %j.more, label %dot.loop, label %dot.tail")
-    else:
-        emit("  br label %dot.tail")
-    emit("dot.tail:")
-    if full:
-        emit(
-            f"  %sum = call {t} @llvm.vector.reduce.fadd.v{w}{_suffix(t)}"
-            f"({t} -0.0, {vt} %acc.next)"
-        )
-        total = f"{t} %sum"
+        emit(f"  %j.more = icmp ult i64 %j.next, {full // 2}")
+        emit("  br i1 %j.more, label %dot.loop, label %dot.rest")
+        emit("dot.rest:")
+        acc0, acc1 = "%acc0.next", "%acc1.next"
+    if full % 2:
+        j = (full - 1) * w
+        emit(f"  %xo.at = getelementptr {t}, ptr %xi, i64 {j}")
+        emit(f"  %xo = load {vt}, ptr %xo.at, align {align}")
+        emit(f"  %vo.at = getelementptr {t}, ptr %vbuf, i64 {j}")
+        emit(f"  %vo = load {vt}, ptr %vo.at, align {align}")
+        emit(f"  %acc0.odd = call {vt} {fma}({vt} %xo, {vt} %vo, {vt} {acc0})")
+        acc0 = "%acc0.odd"
+    emit(f"  %acc = fadd {vt} {acc0}, {acc1}")
+    lane0 = f"%acc.lane0.{full * w}"
+    emit(f"  {lane0} = extractelement {vt} %acc, i64 0")
     for j in range(full * w, plan.columns):
         emit(f"  %tx{j}.at = getelementptr {t}, ptr %xi, i64 {j}")
         emit(f"  %tx{j} = load {t}, ptr %tx{j}.at")
         emit(f"  %tv{j}.at = getelementptr {t}, ptr %vbuf, i64 {j}")
         emit(f"  %tv{j} = load {t}, ptr %tv{j}.at")
-        emit(f"  %sum{j} = call {t} {fma}({t} %tx{j}, {t} %tv{j}, {total})")
-        total = f"{t} %sum{j}"
+        emit(
+            f"  %acc.lane0.{j + 1} = call {t} @llvm.fmuladd.{_suffix(t)}"
+            f"({t} %tx{j}, {t} %tv{j}, {t} {lane0})"
+        )
+        lane0 = f"%acc.lane0.{j + 1}"
+    emit(f"  %acc.all = insertelement {vt} %acc, {t} {lane0}, i64 0")
+    total, width = "%acc.all", w
+    while width > 1:
+        half = width // 2
+        part = f"<{width} x {t}>"
+        shuffle = f"shufflevector {part} {total}, {part} poison"
+        low = ", ".join(f"i32 {n}" for n in range(half))
+        high = ", ".join(f"i32 {n}" for n in range(half, width))
+        emit(f"  %lo{half} = {shuffle}, <{half} x i32> <{low}>")
+        emit(f"  %hi{half} = {shuffle}, <{half} x i32> <{high}>")
+        emit(f"  %sum{half} = fadd <{half} x {t}> %lo{half}, %hi{half}")
+        total, width = f"%sum{half}", half
+    emit("  br label %dot.tail")
+    emit("dot.tail:")
+    emit(f"  %dot = extractelement <1 x {t}> {total}, i64 0")
     emit(f"  %i.s = mul i64 %i, {plan.s_step}")
     emit(f"  %si.at = getelementptr {t}, ptr %s, i64 %i.s")
-    emit(f"  store {total}, ptr %si.at")
+    emit(f"  store {t} %dot, ptr %si.at")
     emit("  %i.next = add i64 %i, 1")
     emit("  br label %dot.head")
 
@@ -314,16 +438,34 @@ class StreamedLaunch:
         gradient: Any,
         targets: list[tuple[Any, int, int]],
     ) -> None:
+        from ember import settings
+        from ember.compiler.codegen import worker
+        from ember.compiler.codegen.launch import default_threads
+
         self.plan = plan
         self.launches = (forward, *epilogues, gradient)
         self._engine, self._entry = stream_entry(plan)
         self._call = _ENTRY(self._entry)
-        fields = [ctypes.addressof(forward._args), ctypes.addressof(gradient._args)]
-        for launch in epilogues:
+        args = (ctypes.c_int64 * (_EPILOGUES + 2 * len(epilogues)))()
+        args[0] = ctypes.addressof(forward._args)
+        args[1] = ctypes.addressof(gradient._args)
+        #: The helper to wake before a call, for a pass in two parts when this
+        #: process may run two threads; None runs both parts on the caller.
+        self.wakes: worker.Worker | None = None
+        if plan.cut < plan.rows:
+            np_dtype = np.float32 if plan.dtype == "f32" else np.float64
+            self._partial = np.zeros(2 * plan.padded, np_dtype)
+            args[_PARTIAL] = self._partial.ctypes.data
+            args[_PARALLEL] = worker.parallel_address()
+            if default_threads() > 1 and settings.get("concurrent_products"):
+                self.wakes = worker.worker()
+                args[_SLOT] = self.wakes.address
+        for k, launch in enumerate(epilogues):
             record = launch.record()
             assert record is not None and record[4] == 0
-            fields += [record[0], record[1]]
-        self._args = (ctypes.c_int64 * len(fields))(*fields)
+            args[_EPILOGUES + 2 * k] = record[0]
+            args[_EPILOGUES + 2 * k + 1] = record[1]
+        self._args = args
         self._targets = targets
 
     @property
@@ -347,4 +489,6 @@ class StreamedLaunch:
         self.run()
 
     def run(self) -> None:
+        if self.wakes is not None:
+            self.wakes.wake()
         self._call(self._args, 0, 1)
