@@ -1,0 +1,150 @@
+"""The native helper thread: every part of a record runs exactly once per call,
+whoever claims it; a caller that cannot own the slot runs the parts itself; the
+helper goes to sleep when idle; a forked child still gets right results."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import ember
+from ember import nn, optim
+from ember.compiler.codegen import target, worker
+
+_MARK_IR = """
+define void @ember_mark(ptr %args, i64 %part) {
+entry:
+  %at = getelementptr i64, ptr %args, i64 %part
+  %old = atomicrmw add ptr %at, i64 1 seq_cst
+  ret void
+}
+"""
+_PARALLEL = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
+
+
+@pytest.fixture(scope="module")
+def mark():
+    module = target.optimize(_MARK_IR, "ember_mark")
+    engine, addresses = target.load_object(target.emit_object(module), ["ember_mark"])
+    yield addresses["ember_mark"]
+    del engine
+
+
+def _record(fn: int, counts, parts: int):
+    record = (ctypes.c_int64 * worker.RECORD_WORDS)()
+    record[worker.FN] = fn
+    record[worker.ARGS] = ctypes.addressof(counts)
+    record[worker.PARTS] = parts
+    return record
+
+
+@pytest.mark.parametrize("parts", [1, 2, 3, 8])
+def test_every_part_runs_once_per_call(mark, parts):
+    helper = worker.worker()
+    parallel = _PARALLEL(worker.parallel_address())
+    counts = (ctypes.c_int64 * parts)()
+    record = _record(mark, counts, parts)
+    for call in range(1, 501):
+        helper.wake()
+        parallel(helper.address, ctypes.addressof(record))
+        assert list(counts) == [call] * parts
+    assert helper.slot[worker.OWNER] == 0 and helper.slot[worker.JOB] == 0
+
+
+def test_without_a_slot_or_with_a_slot_in_use_the_caller_runs_every_part(mark):
+    helper = worker.worker()
+    parallel = _PARALLEL(worker.parallel_address())
+    counts = (ctypes.c_int64 * 4)()
+    record = _record(mark, counts, 4)
+    parallel(None, ctypes.addressof(record))
+    assert list(counts) == [1] * 4
+    helper.slot[worker.OWNER] = 1  # another caller's
+    try:
+        parallel(helper.address, ctypes.addressof(record))
+    finally:
+        helper.slot[worker.OWNER] = 0
+    assert list(counts) == [2] * 4
+
+
+def test_callers_on_two_threads_each_get_all_their_parts(mark):
+    helper = worker.worker()
+    parallel = _PARALLEL(worker.parallel_address())
+    failures = []
+
+    def caller():
+        counts = (ctypes.c_int64 * 3)()
+        record = _record(mark, counts, 3)
+        for call in range(1, 2001):
+            helper.wake()
+            parallel(helper.address, ctypes.addressof(record))
+            if list(counts) != [call] * 3:
+                failures.append(list(counts))
+                return
+
+    threads = [threading.Thread(target=caller) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+
+
+def test_the_helper_sleeps_when_idle():
+    helper = worker.worker()
+    helper.wake()
+    deadline = time.monotonic() + 10
+    while helper.slot[worker.AWAKE] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not helper.slot[worker.AWAKE]
+    helper.wake()  # and wakes again
+    deadline = time.monotonic() + 10
+    while not helper.slot[worker.AWAKE] and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert helper.slot[worker.AWAKE]
+
+
+def _train(x, y) -> float:
+    ember.manual_seed(0)
+    model = nn.Linear(100, 1)
+    opt = optim.SGD(model.parameters(), lr=0.05)
+
+    def step(xb, yb):
+        loss = nn.functional.mse_loss(model(xb), yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss
+
+    compiled = ember.compile(step, backend="llvm")
+    loss = None
+    for _ in range(3):
+        for start in range(0, 1024, 256):
+            loss = compiled(x[start : start + 256], y[start : start + 256])
+    assert loss is not None
+    return loss.item()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_trains_to_the_same_loss():
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((1024, 100)).astype(np.float32)
+    target_ = (data @ rng.standard_normal((100, 1)) / 10).astype(np.float32)
+    x, y = ember.from_numpy(data), ember.from_numpy(target_)
+    parent = _train(x, y)  # the helper is running now
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.write(write, repr(_train(x, y)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = float(pipe.read())
+    os.waitpid(pid, 0)
+    assert child == parent
