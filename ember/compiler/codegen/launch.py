@@ -486,6 +486,7 @@ done:
 """
 )
 _SEQUENCE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)
+_PARALLEL = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
 #: Integers per record of a LaunchSequence table.
 _RECORD = 8
 
@@ -499,11 +500,11 @@ def _address_of(function: Any) -> int:
 @functools.cache
 def _loop_entry(symbol: str) -> tuple[Any, Any]:
     """The JIT engine (kept alive here) and the entry of a launch loop:
-    ``ember_sequence`` (:class:`LaunchSequence`) or ``ember_claim``
+    ``ember_sequence`` (:class:`LaunchSequence`) or ``ember_table_part``
     (:class:`ConcurrentLaunches`)."""
     llvm_ir, prototype = {
         "ember_sequence": (_SEQUENCE_IR, _SEQUENCE),
-        "ember_claim": (_CLAIM_IR, _CHUNKS),
+        "ember_table_part": (_TABLE_PART_IR, _MAIN),
     }[symbol]
     code = target.emit_object(target.optimize(llvm_ir, symbol))
     engine, addresses = target.load_object(code, [symbol])
@@ -566,25 +567,16 @@ class LaunchSequence:
         self._run(self._table, len(self.launches))
 
 
-#: The claiming loop of :class:`ConcurrentLaunches`: each thread that calls it takes
-#: the next unclaimed record of the table (kind 0 only, see _SEQUENCE_IR) until
-#: none is left.
-_CLAIM_IR = (
+#: One record of a launch table as a part of :mod:`~ember.compiler.codegen.worker`:
+#: ``ember_table_part(table, i)`` runs record ``i`` (kind 0).
+_TABLE_PART_IR = (
     """
-define void @ember_claim(ptr %table, ptr %next, i64 %count, i64 %unused) {
+define void @ember_table_part(ptr %table, i64 %i) {
 entry:
-  br label %claim
-claim:
-  %i = atomicrmw add ptr %next, i64 1 monotonic
-  %more = icmp slt i64 %i, %count
-  br i1 %more, label %work, label %done
-work:
 """
     + _RECORD_IR
     + """\
   call void %fn(ptr %args, i64 %a, i64 %b)
-  br label %claim
-done:
   ret void
 }
 """
@@ -593,10 +585,11 @@ done:
 
 class ConcurrentLaunches(LaunchSequence):
     """Independent launches (matrix products) run side by side: the calling thread
-    and one pool worker each claim the next launch not yet taken, inside native
-    code, so a worker that starts late finds nothing left and the caller never
-    waits for a thread that did not start. Each launch runs whole on one thread,
-    so the results are the very bytes of running them in turn.
+    and the native helper (:mod:`~ember.compiler.codegen.worker`) each claim the
+    next launch not yet taken, so a helper that starts late finds nothing left
+    and the caller never waits for a thread that did not start. Each launch runs
+    whole on one thread, so the results are the very bytes of running them in
+    turn.
 
     Unlike a kernel without an explicit thread count, a pair does not time itself
     to choose (:class:`ThreadChooser`): it runs side by side whenever the process
@@ -611,19 +604,30 @@ class ConcurrentLaunches(LaunchSequence):
     concurrent = True
 
     def __init__(self, launches: Sequence[Any], busy: Any = None) -> None:
+        from ember.compiler.codegen import worker
+
         super().__init__(launches)
-        # The claiming loop calls plain launches only (kind 0 of the table).
+        # The parts are plain launches only (kind 0 of the table).
         assert all(launch.record()[4] == 0 for launch in self.launches)
-        self._claim_engine, self._claim = _loop_entry("ember_claim")
+        self._part_engine, part = _loop_entry("ember_table_part")
         self._busy = busy
+        self._record = (ctypes.c_int64 * worker.RECORD_WORDS)()
+        self._record[worker.FN] = _address_of(part)
+        self._record[worker.ARGS] = ctypes.addressof(self._table)
+        self._record[worker.PARTS] = len(self.launches)
+        self._parallel = _PARALLEL(worker.parallel_address())
 
     def run(self) -> None:
         """Run on the addresses written last."""
+        from ember.compiler.codegen import worker
+
         count = len(self.launches)
         if default_threads() == 1 or (self._busy is not None and self._busy()):
             self._run(self._table, count)
-        else:
-            _run_shared(self._claim, 2, self._table, count, 0)
+            return
+        helper = worker.worker()
+        helper.wake()
+        self._parallel(helper.address, ctypes.addressof(self._record))
 
 
 class ThreadChooser:
