@@ -7,7 +7,8 @@ microseconds for a 256-wide layer. :func:`pair_products` finds such pairs in a
 program's schedule and moves the second product up beside the first; the program
 then runs each pair as one
 :class:`~ember.compiler.codegen.launch.ConcurrentLaunches`, the calling thread on
-one product and a pool worker on the other.
+one product and the native helper (:mod:`ember.compiler.codegen.worker`) on the
+other.
 
 What stays true:
 
@@ -24,8 +25,8 @@ What stays true:
   wide, not thin, products that are split gave the same bytes in our tests
   (``tests/test_concurrency.py``) but are not promised to in every shape.
 
-Only BLAS products of at least :data:`CONCURRENT_MACS` multiply-adds pair up: a
-smaller one ends before a worker would wake. A product of at least
+Only BLAS products of at least :data:`CONCURRENT_MACS` multiply-adds pair up (a
+threshold measured when a pair woke a pool thread; see docs/codegen.md). A product of at least
 :data:`SPLIT_MACS` that found no partner (the forward product of a wide layer,
 which the next layer waits for) is split into two products over halves of its
 rows, which pair up with each other (:func:`split_unpaired`). The setting
@@ -38,7 +39,8 @@ from collections.abc import Sequence
 from typing import Any
 
 #: The fewest multiply-adds of each product of a pair (a 128-cubed product; about
-#: 50 µs here, against about 20 µs to wake a worker and join it).
+#: 50 µs here, against about 20 µs to wake a pool thread and join it, measured
+#: before pairs ran on the native helper, which takes a part in about 0.1 µs).
 CONCURRENT_MACS = 1 << 21
 #: The fewest multiply-adds of a product split in two when it has no partner (a
 #: 203-cubed product; each half then takes over 100 µs here).
