@@ -822,20 +822,21 @@ class _Steady:
             for entry in program._simple_results
         ]
 
-    def run(self, values: Sequence[Any], laid_out: int = 0) -> list[Any] | None:
-        """Run on ``values`` (tensors, in argument order); the first ``laid_out``
-        the caller found of this program's layouts. Returns each result's array
-        (None for one written over its argument), or None when the general path
-        must run the call."""
+    def run(self, args: Sequence[Any], others: Sequence[Any]) -> list[Any] | None:
+        """Run on ``args`` followed by ``others`` (tensors, in argument order):
+        ``args`` the program's inputs, of its layouts (the caller compared them),
+        ``others`` the very tensors of the last call. Returns each result's array (None for
+        one written over its argument), or None when the general path must run
+        the call."""
         program = self.program
         lock = program._lock
         if not program._disjoint or not lock.acquire(blocking=False):
             return None
         try:
-            seen, specs, resident = self.seen, self.specs, self.resident
-            for position, value in enumerate(values):
+            seen, resident = self.seen, self.resident
+            for position, value in enumerate(args):
                 hit = seen[position]
-                if hit is None or not isinstance(value, _Tensor):
+                if hit is None:
                     return None
                 flat = value._storage.data
                 if hit[1]() is not flat:
@@ -843,17 +844,9 @@ class _Steady:
                 meta = value._meta
                 if meta is hit[0]:
                     continue
-                spec = specs[position]
+                spec = self.specs[position]
                 if hit[4] is None or flat.strides != spec._flat_strides:
                     return None
-                if position >= laid_out:
-                    layout = spec.meta
-                    if (
-                        meta.strides != layout.strides
-                        or meta.shape != layout.shape
-                        or meta.dtype is not layout.dtype
-                    ):
-                        return None
                 offset = meta.offset
                 if offset < 0 or offset + spec._extent > flat.shape[0]:
                     return None
@@ -862,12 +855,22 @@ class _Steady:
                 written = resident.targets.get(slot)
                 if written is not None:
                     # Resident.write, inline: the loop's one per-batch cost.
-                    for args, at, delta in written:
-                        args[at] = address + delta
+                    for pointers, at, delta in written:
+                        pointers[at] = address + delta
                     resident.last[slot] = address
                 seen[position] = (meta, hit[1], offset, address, hit[4])
+            for position, value in enumerate(others, len(args)):
+                hit = seen[position]
+                if (
+                    hit is None
+                    or value._meta is not hit[0]
+                    or value._storage.data is not hit[1]()
+                ):
+                    return None
+            count = len(args)
             for position in self.updated:
-                if not values[position]._storage.data.flags.writeable:
+                value = args[position] if position < count else others[position - count]
+                if not value._storage.data.flags.writeable:
                     return None
             for run in resident.runs:
                 run()
