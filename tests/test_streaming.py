@@ -48,7 +48,7 @@ def _run_pass(plan, x, v_flat, s_flat, d_flat, g_flat, helper=None) -> None:
         x.ctypes.data, v_flat.ctypes.data, s_flat.ctypes.data
     )
     gradient = (ctypes.c_int64 * 3)(d_flat.ctypes.data, 0, g_flat.ctypes.data)
-    partial = np.zeros(2 * plan.padded, x.dtype)
+    partial = np.zeros(plan.parts * plan.padded, x.dtype)
     args = (ctypes.c_int64 * streamed._EPILOGUES)()
     args[0], args[1] = ctypes.addressof(forward), ctypes.addressof(gradient)
     args[streamed._PARALLEL] = worker.parallel_address()

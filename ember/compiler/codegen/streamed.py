@@ -10,10 +10,10 @@ one loop over blocks of :data:`BLOCK_ROWS` rows: the dot products of a block's
 rows, the pointwise kernels on those rows (each is a prepared launch of an
 ordinary kernel, called on the row range, as a thread would call it), then the
 rows' contributions to ``g`` while they are still in the first-level cache. A
-pass of at least :data:`PARALLEL_ELEMENTS` elements splits its rows in two
-parts that the calling thread and the native helper
-(:mod:`ember.compiler.codegen.worker`) claim, each summing its own ``g``; the
-two are added in part order.
+pass of at least :data:`PARALLEL_ELEMENTS` elements splits its rows in up to
+:data:`MAX_PARTS` parts of whole blocks that the calling thread and the native
+helper (:mod:`ember.compiler.codegen.worker`) claim one at a time, each part
+summing its own ``g``; the parts' sums are added in part order.
 
 What stays true:
 
@@ -53,10 +53,14 @@ from ember.compiler.codegen import target
 BLOCK_ROWS = 16
 #: The most columns the pass takes: it keeps ``v`` and ``g`` on the stack.
 MAX_COLUMNS = 4096
-#: The fewest elements of ``x`` for which the pass runs as two parts (about
+#: The fewest elements of ``x`` for which the pass runs in parts (about
 #: 1.5 µs of work from cache here, against a few hundred nanoseconds to hand a
 #: part to the helper; docs/codegen.md has the figures).
 PARALLEL_ELEMENTS = 1 << 14
+#: The most parts a pass is split into: parts are claimed one at a time, so a
+#: thread that runs slower takes fewer of them. (2, 4 and 8 parts measured
+#: 0.75-0.77, 0.72-0.74 and 0.77-0.80x numpy on the linear-regression loop.)
+MAX_PARTS = 4
 #: Where the pointer array of a launch keeps the helper's slot, ember_parallel,
 #: the partial sums of g, and the record of its parts (see worker.py).
 _SLOT, _PARALLEL, _PARTIAL, _RECORD, _EPILOGUES = 2, 3, 4, 8, 32
@@ -98,11 +102,17 @@ class StreamPlan:
         return -(-self.columns // self.lanes) * self.lanes
 
     @property
-    def cut(self) -> int:
-        """The first row of the second part; ``rows`` for a pass in one part."""
+    def chunk(self) -> int:
+        """Rows per part: a whole number of blocks, at most :data:`MAX_PARTS`
+        parts; ``rows`` for a pass in one part."""
         if self.rows * self.columns < PARALLEL_ELEMENTS or self.rows < 2 * BLOCK_ROWS:
             return self.rows
-        return self.rows // 2 // BLOCK_ROWS * BLOCK_ROWS
+        blocks = -(-self.rows // BLOCK_ROWS)
+        return -(-blocks // min(MAX_PARTS, blocks)) * BLOCK_ROWS
+
+    @property
+    def parts(self) -> int:
+        return -(-self.rows // self.chunk)
 
     def describe(self) -> str:
         return (
@@ -128,7 +138,7 @@ def stream_ir(plan: StreamPlan) -> str:
     _part_ir(emit, plan)
     emit("define void @ember_stream(ptr %args, i64 %start, i64 %stop) {")
     emit("entry:")
-    if plan.cut == plan.rows:
+    if plan.parts == 1:
         emit("  call void @ember_stream_part(ptr %args, i64 0)")
         emit("  ret void")
         emit("}")
@@ -138,7 +148,7 @@ def stream_ir(plan: StreamPlan) -> str:
     emit("  %rec.args = getelementptr i64, ptr %rec, i64 1")
     emit("  store ptr %args, ptr %rec.args")
     emit("  %rec.parts = getelementptr i64, ptr %rec, i64 2")
-    emit("  store i64 2, ptr %rec.parts")
+    emit(f"  store i64 {plan.parts}, ptr %rec.parts")
     for name, index in (
         ("slot", _SLOT),
         ("parallel", _PARALLEL),
@@ -154,15 +164,19 @@ def stream_ir(plan: StreamPlan) -> str:
     emit("  br label %add")
     emit("add:")
     emit("  %j = phi i64 [0, %entry], [%j.next, %add]")
-    emit(f"  %p0.at = getelementptr {t}, ptr %partial, i64 %j")
-    emit(f"  %p0 = load {t}, ptr %p0.at")
-    emit(f"  %j1 = add i64 %j, {plan.padded}")
-    emit(f"  %p1.at = getelementptr {t}, ptr %partial, i64 %j1")
-    emit(f"  %p1 = load {t}, ptr %p1.at")
-    emit(f"  %sum = fadd {t} %p0, %p1")
+    total = ""
+    for part in range(plan.parts):
+        emit(f"  %j{part} = add i64 %j, {part * plan.padded}")
+        emit(f"  %p{part}.at = getelementptr {t}, ptr %partial, i64 %j{part}")
+        emit(f"  %p{part} = load {t}, ptr %p{part}.at")
+        if total:
+            emit(f"  %sum{part} = fadd {t} {total}, %p{part}")
+            total = f"%sum{part}"
+        else:
+            total = f"%p{part}"
     emit(f"  %jg = mul i64 %j, {plan.g_step}")
     emit(f"  %out.at = getelementptr {t}, ptr %g, i64 %jg")
-    emit(f"  store {t} %sum, ptr %out.at")
+    emit(f"  store {t} {total}, ptr %out.at")
     emit("  %j.next = add i64 %j, 1")
     emit(f"  %j.more = icmp ult i64 %j.next, {k}")
     emit("  br i1 %j.more, label %add, label %done")
@@ -195,15 +209,15 @@ def _part_ir(emit: Any, plan: StreamPlan) -> None:
     field("pa", 1, "v")
     field("pa", 2, "s")
     field("ga", plan.d_position, "d")
-    split = plan.cut < plan.rows
-    if split:
+    if plan.parts > 1:
         field("args", _PARTIAL, "partial")
         emit(f"  %out.first = mul i64 %part, {plan.padded}")
         emit(f"  %out = getelementptr {t}, ptr %partial, i64 %out.first")
         out_step = 1
-        emit("  %second = icmp ne i64 %part, 0")
-        emit(f"  %lo = select i1 %second, i64 {plan.cut}, i64 0")
-        emit(f"  %hi = select i1 %second, i64 {plan.rows}, i64 {plan.cut}")
+        emit(f"  %lo = mul i64 %part, {plan.chunk}")
+        emit(f"  %hi.try = add i64 %lo, {plan.chunk}")
+        emit(f"  %hi.fits = icmp slt i64 %hi.try, {plan.rows}")
+        emit(f"  %hi = select i1 %hi.fits, i64 %hi.try, i64 {plan.rows}")
     else:
         field("ga", 2, "out")
         out_step = plan.g_step
@@ -449,12 +463,12 @@ class StreamedLaunch:
         args = (ctypes.c_int64 * (_EPILOGUES + 2 * len(epilogues)))()
         args[0] = ctypes.addressof(forward._args)
         args[1] = ctypes.addressof(gradient._args)
-        #: The helper to wake before a call, for a pass in two parts when this
+        #: The helper to wake before a call, for a pass in parts when this
         #: process may run two threads; None runs both parts on the caller.
         self.wakes: worker.Worker | None = None
-        if plan.cut < plan.rows:
+        if plan.parts > 1:
             np_dtype = np.float32 if plan.dtype == "f32" else np.float64
-            self._partial = np.zeros(2 * plan.padded, np_dtype)
+            self._partial = np.zeros(plan.parts * plan.padded, np_dtype)
             args[_PARTIAL] = self._partial.ctypes.data
             args[_PARALLEL] = worker.parallel_address()
             if default_threads() > 1 and settings.get("concurrent_products"):
