@@ -16,10 +16,12 @@ from ember.compiler import program as program_module
 from ember.errors import EmberError
 
 
-def _regression(seed: int = 0):
+def linear_regression(seed: int = 0, momentum: float = 0.0):
+    """A linear model of 100 features and its SGD training step (used by other
+    test modules too)."""
     ember.manual_seed(seed)
     model = nn.Linear(100, 1)
-    opt = optim.SGD(model.parameters(), lr=0.05)
+    opt = optim.SGD(model.parameters(), lr=0.05, momentum=momentum)
 
     def step(xb, yb):
         loss = nn.functional.mse_loss(model(xb), yb)
@@ -56,8 +58,8 @@ def steady_calls(monkeypatch):
 def test_a_loop_over_batch_views_is_served_by_the_steady_runner(steady_calls):
     x, y = _data()
     batches = [(x[s : s + 64], y[s : s + 64]) for s in range(0, 256, 64)]
-    model, step = _regression()
-    eager_model, eager_step = _regression()
+    model, step = linear_regression()
+    eager_model, eager_step = linear_regression()
     compiled = ember.compile(step, backend="llvm")
     for _ in range(3):
         for xb, yb in batches:
@@ -76,8 +78,8 @@ def test_a_loop_over_batch_views_is_served_by_the_steady_runner(steady_calls):
 def test_a_batch_of_another_storage_takes_the_checked_path(steady_calls):
     x, y = _data()
     other_x, other_y = _data(seed=2)
-    model, step = _regression()
-    eager_model, eager_step = _regression()
+    model, step = linear_regression()
+    eager_model, eager_step = linear_regression()
     compiled = ember.compile(step, backend="llvm")
     for start in (0, 64, 128):
         compiled(x[start : start + 64], y[start : start + 64])
@@ -99,7 +101,7 @@ def test_a_batch_of_another_storage_takes_the_checked_path(steady_calls):
 
 def test_results_the_caller_keeps_are_not_written_again():
     x, y = _data()
-    _, step = _regression()
+    _, step = linear_regression()
     compiled = ember.compile(step, backend="llvm")
     kept = [compiled(x[s : s + 64], y[s : s + 64]) for s in (0, 64, 128, 192, 0, 64)]
     values = [loss.item() for loss in kept]
@@ -110,7 +112,7 @@ def test_results_the_caller_keeps_are_not_written_again():
 
 def test_a_parameter_made_read_only_is_never_written(steady_calls):
     x, y = _data()
-    model, step = _regression()
+    model, step = linear_regression()
     compiled = ember.compile(step, backend="llvm")
     for start in (0, 64, 128, 192):
         compiled(x[start : start + 64], y[start : start + 64])
@@ -130,8 +132,8 @@ def test_a_parameter_made_read_only_is_never_written(steady_calls):
 
 def test_a_call_while_another_thread_holds_the_program_is_checked(steady_calls):
     x, y = _data()
-    _, step = _regression()
-    eager_model, eager_step = _regression()
+    _, step = linear_regression()
+    eager_model, eager_step = linear_regression()
     compiled = ember.compile(step, backend="llvm")
     for start in (0, 64, 128):
         compiled(x[start : start + 64], y[start : start + 64])

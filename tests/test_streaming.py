@@ -18,12 +18,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import ember
-from ember import nn, optim, settings
+from ember import settings
 from ember.compiler.backends import compile_llvm
 from ember.compiler.codegen import streamed, worker
 from ember.compiler.codegen.streamed import BLOCK_ROWS, StreamPlan
 from ember.compiler.streaming import StreamedStep
 from ember.compiler.trace import trace
+from tests.test_steady_calls import linear_regression
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -221,28 +222,6 @@ def test_a_batch_with_a_row_stride_of_its_own_is_read_in_place():
         np.testing.assert_allclose(value, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_rows_read_out_of_order_stay_unfused():
-    # d reads s interleaved: row 2i needs row i, row 2i + 1 row 20 + i, which the
-    # block of row 2i may not have.
-    def fn(x, w, y):
-        s = x @ w
-        d = (s.reshape(2, 20).T.reshape(40, 1) - y) * 2.0
-        return x.T @ d
-
-    rng = np.random.default_rng(2)
-    arrays = (
-        rng.standard_normal((40, 80)).astype(np.float32),
-        rng.standard_normal((80, 1)).astype(np.float32),
-        rng.standard_normal((40, 1)).astype(np.float32),
-    )
-    program = _program(fn, arrays)
-    assert not _streamed(program)
-    x, w, y = (a.astype(np.float64) for a in arrays)
-    (got,) = program.run_arrays(*arrays)
-    shuffled = (x @ w).reshape(2, 20).T.reshape(40, 1)
-    np.testing.assert_allclose(got, x.T @ ((shuffled - y) * 2), rtol=1e-4)
-
-
 def test_a_reduction_between_the_products_moves_below_the_pass():
     # The loss (a sum over rows) reads what the pass writes; it runs after it.
     fn = _linear_parts("row", "mse")
@@ -272,17 +251,7 @@ def test_a_compiled_linear_regression_equals_eager_step_after_step():
     batches = [(x[s : s + 128], y[s : s + 128]) for s in range(0, 300, 128)]
 
     def run(compiled: bool) -> tuple[list[float], np.ndarray]:
-        ember.manual_seed(0)
-        model = nn.Linear(100, 1)
-        opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-
-        def step(xb, yb):
-            loss = nn.functional.mse_loss(model(xb), yb)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            return loss
-
+        model, step = linear_regression(momentum=0.9)
         fn = ember.compile(step, backend="llvm") if compiled else step
         losses = [fn(xb, yb).item() for _ in range(4) for xb, yb in batches]
         if compiled:
@@ -296,14 +265,23 @@ def test_a_compiled_linear_regression_equals_eager_step_after_step():
     np.testing.assert_allclose(weight, eager_weight, rtol=1e-4, atol=1e-6)
 
 
-def test_a_kernel_that_reads_a_later_row_of_the_pass_stays_unfused():
-    # Every row reads the last row of s, which the first blocks have not made yet.
-    def fn(x, w, y):
-        s = x @ w
-        d = (s - s[39:40] - y) * 2.0
-        return x.T @ d
+def _interleaved(s, y):
+    # Row 2i needs row i, row 2i + 1 row 20 + i: the block of row 2i may not
+    # have them yet.
+    return (s.reshape(2, 20).T.reshape(40, 1) - y) * 2.0
 
-    rng = np.random.default_rng(6)
+
+def _last_row(s, y):
+    # Every row reads the last row of s, which the first blocks have not made.
+    return (s - s[39:40] - y) * 2.0
+
+
+@pytest.mark.parametrize("gradient", [_interleaved, _last_row])
+def test_a_kernel_that_reads_other_rows_of_the_pass_stays_unfused(gradient):
+    def fn(x, w, y):
+        return x.T @ gradient(x @ w, y)
+
+    rng = np.random.default_rng(2)
     arrays = (
         rng.standard_normal((40, 80)).astype(np.float32),
         rng.standard_normal((80, 1)).astype(np.float32),
@@ -312,6 +290,6 @@ def test_a_kernel_that_reads_a_later_row_of_the_pass_stays_unfused():
     program = _program(fn, arrays)
     assert not _streamed(program)
     x, w, y = (a.astype(np.float64) for a in arrays)
-    s = x @ w
     (got,) = program.run_arrays(*arrays)
-    np.testing.assert_allclose(got, x.T @ ((s - s[39] - y) * 2), rtol=1e-4, atol=1e-4)
+    want = x.T @ gradient(x @ w, y)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import ember
-from ember import nn, optim
 from ember.compiler.codegen import target, worker
+from tests.test_steady_calls import linear_regression
 
 _MARK_IR = """
 define void @ember_mark(ptr %args, i64 %part) {
@@ -109,17 +109,7 @@ def test_the_helper_sleeps_when_idle():
 
 
 def _train(x, y) -> float:
-    ember.manual_seed(0)
-    model = nn.Linear(100, 1)
-    opt = optim.SGD(model.parameters(), lr=0.05)
-
-    def step(xb, yb):
-        loss = nn.functional.mse_loss(model(xb), yb)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return loss
-
+    _, step = linear_regression()
     compiled = ember.compile(step, backend="llvm")
     loss = None
     for _ in range(3):
