@@ -40,6 +40,18 @@ def _data(rows: int = 256, seed: int = 1):
     return ember.from_numpy(x), ember.from_numpy(y)
 
 
+def _in_step(x, y):
+    """A compiled step and an eager one after three batches each: (model,
+    compiled step, eager model, eager step)."""
+    model, step = linear_regression()
+    eager_model, eager_step = linear_regression()
+    compiled = ember.compile(step, backend="llvm")
+    for start in (0, 64, 128):
+        compiled(x[start : start + 64], y[start : start + 64])
+        eager_step(x[start : start + 64], y[start : start + 64])
+    return model, compiled, eager_model, eager_step
+
+
 @pytest.fixture
 def steady_calls(monkeypatch):
     """Counts the calls the steady runner served and those it handed back."""
@@ -78,12 +90,7 @@ def test_a_loop_over_batch_views_is_served_by_the_steady_runner(steady_calls):
 def test_a_batch_of_another_storage_takes_the_checked_path(steady_calls):
     x, y = _data()
     other_x, other_y = _data(seed=2)
-    model, step = linear_regression()
-    eager_model, eager_step = linear_regression()
-    compiled = ember.compile(step, backend="llvm")
-    for start in (0, 64, 128):
-        compiled(x[start : start + 64], y[start : start + 64])
-        eager_step(x[start : start + 64], y[start : start + 64])
+    model, compiled, eager_model, eager_step = _in_step(x, y)
     handed_back = steady_calls["handed back"]
     got = compiled(other_x[64:128], other_y[64:128]).item()
     want = eager_step(other_x[64:128], other_y[64:128]).item()
@@ -132,12 +139,7 @@ def test_a_parameter_made_read_only_is_never_written(steady_calls):
 
 def test_a_call_while_another_thread_holds_the_program_is_checked(steady_calls):
     x, y = _data()
-    _, step = linear_regression()
-    eager_model, eager_step = linear_regression()
-    compiled = ember.compile(step, backend="llvm")
-    for start in (0, 64, 128):
-        compiled(x[start : start + 64], y[start : start + 64])
-        eager_step(x[start : start + 64], y[start : start + 64])
+    _, compiled, _, eager_step = _in_step(x, y)
     (lean,) = [lean for lean in compiled._leans if lean.layouts[0][0] == (64, 100)]
     held = threading.Event()
     release = threading.Event()
