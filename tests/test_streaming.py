@@ -293,3 +293,31 @@ def test_a_kernel_that_reads_other_rows_of_the_pass_stays_unfused(gradient):
     (got,) = program.run_arrays(*arrays)
     want = x.T @ gradient(x @ w, y)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_pass_whose_launches_cannot_be_prepared_runs_its_members_in_turn(
+    monkeypatch,
+):
+    from ember.compiler import streaming
+    from ember.errors import SignatureError
+
+    def refuse(self, memory):
+        raise SignatureError("not prepared in this test")
+
+    monkeypatch.setattr(streaming._Prepare, "prepare", refuse)
+    fn = _linear_parts("row", "mse")
+    rng = np.random.default_rng(7)
+    arrays = (
+        rng.standard_normal((300, 100)).astype(np.float32),
+        rng.standard_normal((1, 100)).astype(np.float32),
+        np.ones(1, np.float32),
+        rng.standard_normal((300, 1)).astype(np.float32),
+    )
+    program = _program(fn, arrays)
+    (step,) = _streamed(program)
+    assert (step, None, ()) in program._schedule
+    want = _numpy_parts("row", "mse", *arrays)
+    for _ in range(2):
+        got = program.run_arrays(*arrays)
+        for value, expected in zip(got, want):
+            np.testing.assert_allclose(value, expected, rtol=1e-4, atol=1e-5)
