@@ -168,6 +168,18 @@ def _numpy_parts(form, loss, x, w, b, y):
     return value, g, d.sum()
 
 
+def _mse_arrays(rows: int, columns: int, seed: int) -> tuple[np.ndarray, ...]:
+    """Float32 ``x``, a 1 x ``columns`` weight, a bias and ``y`` for
+    ``_linear_parts("row", ...)``."""
+    rng = np.random.default_rng(seed)
+    return (
+        rng.standard_normal((rows, columns)).astype(np.float32),
+        rng.standard_normal((1, columns)).astype(np.float32),
+        np.ones(1, np.float32),
+        rng.standard_normal((rows, 1)).astype(np.float32),
+    )
+
+
 def _program(fn, arrays, **overrides):
     with settings.override(**overrides):
         return compile_llvm(trace(fn, *[ember.tensor(a) for a in arrays]))
@@ -224,15 +236,7 @@ def test_a_batch_with_a_row_stride_of_its_own_is_read_in_place():
 
 def test_a_reduction_between_the_products_moves_below_the_pass():
     # The loss (a sum over rows) reads what the pass writes; it runs after it.
-    fn = _linear_parts("row", "mse")
-    rng = np.random.default_rng(4)
-    arrays = (
-        rng.standard_normal((64, 96)).astype(np.float32),
-        rng.standard_normal((1, 96)).astype(np.float32),
-        np.zeros(1, np.float32),
-        rng.standard_normal((64, 1)).astype(np.float32),
-    )
-    program = _program(fn, arrays)
+    program = _program(_linear_parts("row", "mse"), _mse_arrays(64, 96, seed=4))
     (step,) = _streamed(program)
     position = program.steps.index(step)
     later = [s.describe() for s in program.steps[position + 1 :]]
@@ -305,15 +309,8 @@ def test_a_pass_whose_launches_cannot_be_prepared_runs_its_members_in_turn(
         raise SignatureError("not prepared in this test")
 
     monkeypatch.setattr(streaming._Prepare, "prepare", refuse)
-    fn = _linear_parts("row", "mse")
-    rng = np.random.default_rng(7)
-    arrays = (
-        rng.standard_normal((300, 100)).astype(np.float32),
-        rng.standard_normal((1, 100)).astype(np.float32),
-        np.ones(1, np.float32),
-        rng.standard_normal((300, 1)).astype(np.float32),
-    )
-    program = _program(fn, arrays)
+    arrays = _mse_arrays(300, 100, seed=7)
+    program = _program(_linear_parts("row", "mse"), arrays)
     (step,) = _streamed(program)
     assert (step, None, ()) in program._schedule
     want = _numpy_parts("row", "mse", *arrays)
