@@ -347,6 +347,9 @@ class _Lean:
         self.bumped = [state.tensors[name] for name in direct.in_place]
         self.grads = [(state.params[name], index) for name, index in entry.grads]
         self.results = range(entry.num_results)
+        # A step that returns one tensor (the loss): no nest to rebuild.
+        spec = entry.output_spec
+        self.single = spec[1] if spec[0] == "leaf" else None
         # The program's runner for the calls of a loop; None when it has none.
         self.steady = None
         if not direct.writes and not entry.numbers:
@@ -400,6 +403,9 @@ class _Lean:
                 if index is None
                 else new(_Storage(arrays[index]), layouts[index], None)
             )
+        single = self.single
+        if single is not None:
+            return new(_Storage(arrays[single]), layouts[single], None)
         results = [new(_Storage(arrays[i]), layouts[i], None) for i in self.results]
         return unflatten(entry.output_spec, results)
 
