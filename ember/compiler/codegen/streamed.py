@@ -26,9 +26,9 @@ What stays true:
   dot product accumulates its full vectors alternately in two vectors of
   partial sums, adds the remaining elements one by one, then sums the lanes
   in halves; each element of ``g`` adds the rows' contributions of each part
-  in row order, then the parts in order (the split depends on the shape). They are not the
-  bytes BLAS gives (its order is its own), and they differ from it in the last
-  bits (``tests/test_streaming.py`` bounds the difference).
+  in row order, then the parts in order (the split depends on the shape).
+  They are not the bytes BLAS gives (its order is its own), and they differ
+  from it in the last bits (``tests/test_streaming.py`` bounds the difference).
 
     >>> plan = StreamPlan("f32", rows=4, columns=3, x_row=3, v_step=1, s_step=1,
     ...                   d_step=1, g_step=1, d_position=0, epilogues=1)
@@ -437,7 +437,8 @@ class StreamedLaunch:
 
     ``forward`` and ``gradient`` are prepared BLAS launches
     (:class:`~ember.compiler.codegen.blas.GemmLaunch`), ``epilogues`` prepared
-    kernel launches that run on the calling thread, and ``targets`` the pointer
+    kernel launches that run on one thread each (called on row ranges by
+    whichever thread runs the part), and ``targets`` the pointer
     array entries of every address the launch takes, in the order its caller
     passes them.
     """
