@@ -602,25 +602,8 @@ class Program:
                             # The address found then is still in the launch tables.
                             env[slot] = (flat, hit[2])
                             continue
-                        layout = spec.meta
-                        offset = meta.offset
-                        # The flat array's dtype can be set in place (numpy
-                        # allows it for views): then its element count no longer
-                        # bounds the elements the kernels read.
-                        if (
-                            hit[4] is not None
-                            and flat.strides == spec._flat_strides
-                            and meta.strides == layout.strides
-                            and meta.shape == layout.shape
-                            and meta.dtype is layout.dtype
-                            and offset >= 0
-                            and offset + spec._extent <= flat.shape[0]
-                        ):
-                            env[slot] = (flat, offset)
-                            address = hit[4] + offset * flat.itemsize
-                            if slot in targets:
-                                resident.write(slot, address)
-                            seen[position] = (meta, hit[1], offset, address, hit[4])
+                        if self._rebind(position, flat, meta, hit, False):
+                            env[slot] = (flat, meta.offset)
                             continue
                 # Forget that the storages were disjoint before a check here can
                 # fail: a later call passing what this one bound must check again.
@@ -641,6 +624,39 @@ class Program:
                 run()
             self._copy_staged(env)
         return env
+
+    def _rebind(
+        self, position: int, flat: np.ndarray, meta: Any, hit: Any, laid_out: bool
+    ) -> bool:
+        """Bind a new view (``meta``) of the flat storage the last call's argument
+        at ``position`` had (``hit`` is what was kept of it), by its bounds alone,
+        when that storage lies clear of the planned buffers; ``laid_out`` says the
+        caller found the view of the argument's layout. False when the argument
+        must be checked in full."""
+        spec = self.args[position]
+        offset = meta.offset
+        # The flat array's dtype can be set in place (numpy allows it for views):
+        # then its element count no longer bounds the elements the kernels read.
+        if hit[4] is None or flat.strides != spec._flat_strides:
+            return False
+        if not laid_out:
+            layout = spec.meta
+            if (
+                meta.strides != layout.strides
+                or meta.shape != layout.shape
+                or meta.dtype is not layout.dtype
+            ):
+                return False
+        if offset < 0 or offset + spec._extent > flat.shape[0]:
+            return False
+        address = hit[4] + offset * flat.itemsize
+        resident = self._resident
+        assert resident is not None
+        slot = self._arg_slots[position]
+        if slot in resident.targets:
+            resident.write(slot, address)
+        self._resident_seen[position] = (meta, hit[1], offset, address, hit[4])
+        return True
 
     def _repeated(self, values: Sequence[Any]) -> bool:
         """Whether ``values`` are tensors with the metas and flat storages of the
@@ -813,8 +829,6 @@ class _Steady:
         self.program = program
         self.resident = resident
         self.seen = program._resident_seen
-        self.slots = program._arg_slots
-        self.specs = program.args
         self.updated = program._updated_positions
         staged = dict(program._staged)
         self.results = [
@@ -825,9 +839,9 @@ class _Steady:
     def run(self, args: Sequence[Any], others: Sequence[Any]) -> list[Any] | None:
         """Run on ``args`` followed by ``others`` (tensors, in argument order):
         ``args`` the program's inputs, of its layouts (the caller compared them),
-        ``others`` the very tensors of the last call. Returns each result's array (None for
-        one written over its argument), or None when the general path must run
-        the call."""
+        ``others`` the very tensors of the last call. Returns each result's array
+        (None for one written over its argument), or None when the general path
+        must run the call."""
         program = self.program
         lock = program._lock
         if not program._disjoint or not lock.acquire(blocking=False):
@@ -842,23 +856,10 @@ class _Steady:
                 if hit[1]() is not flat:
                     return None
                 meta = value._meta
-                if meta is hit[0]:
-                    continue
-                spec = self.specs[position]
-                if hit[4] is None or flat.strides != spec._flat_strides:
+                if meta is not hit[0] and not program._rebind(
+                    position, flat, meta, hit, True
+                ):
                     return None
-                offset = meta.offset
-                if offset < 0 or offset + spec._extent > flat.shape[0]:
-                    return None
-                address = hit[4] + offset * flat.itemsize
-                slot = self.slots[position]
-                written = resident.targets.get(slot)
-                if written is not None:
-                    # Resident.write, inline: the loop's one per-batch cost.
-                    for pointers, at, delta in written:
-                        pointers[at] = address + delta
-                    resident.last[slot] = address
-                seen[position] = (meta, hit[1], offset, address, hit[4])
             for position, value in enumerate(others, len(args)):
                 hit = seen[position]
                 if (

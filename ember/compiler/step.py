@@ -582,11 +582,18 @@ class CompiledStep:
         try:
             leans = self._leans
             if leans and not kwargs:
-                # The most recent steady state first, without _call's frame.
-                result = leans[0].run(args)
-                if result is not _MISS and result is not _STALE:
-                    self.calls += 1
-                    return result
+                for lean in leans:
+                    result = lean.run(args)
+                    if result is _STALE:
+                        # The state changed: no steady state serves this call.
+                        self._leans = []
+                        break
+                    if result is not _MISS:
+                        if lean is not leans[0]:
+                            leans.remove(lean)
+                            leans.insert(0, lean)
+                        self.calls += 1
+                        return result
             return self._call(args, kwargs)
         except AliasError as error:
             # An argument shares memory with a tensor the program updates in
@@ -601,20 +608,8 @@ class CompiledStep:
             # The first step creates gradients and optimizer state eagerly.
             self.calls = self.eager_calls = 1
             return self.fn(*args, **kwargs)
+        # The steady states (_Lean) were tried by __call__.
         self.calls += 1
-        leans = self._leans
-        if leans and not kwargs:
-            for lean in leans:
-                result = lean.run(args)
-                if result is _STALE:
-                    # The state changed: no steady state serves this call.
-                    self._leans = []
-                    break
-                if result is not _MISS:
-                    if lean is not leans[0]:
-                        leans.remove(lean)
-                        leans.insert(0, lean)
-                    return result
         state = _gather(self.optimizers, self._names)
         fast = None if kwargs else _fast_key(args, state)
         if fast is not None:

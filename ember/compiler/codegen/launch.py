@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from ember.compiler import cache
-from ember.compiler.codegen import emit, target
+from ember.compiler.codegen import emit, target, worker
 from ember.compiler.kernel import Buffer, LoopKernel
 from ember.errors import SignatureError
 from ember.ir import layout
@@ -604,8 +604,6 @@ class ConcurrentLaunches(LaunchSequence):
     concurrent = True
 
     def __init__(self, launches: Sequence[Any], busy: Any = None) -> None:
-        from ember.compiler.codegen import worker
-
         super().__init__(launches)
         # The parts are plain launches only (kind 0 of the table).
         assert all(launch.record()[4] == 0 for launch in self.launches)
@@ -619,8 +617,6 @@ class ConcurrentLaunches(LaunchSequence):
 
     def run(self) -> None:
         """Run on the addresses written last."""
-        from ember.compiler.codegen import worker
-
         count = len(self.launches)
         if default_threads() == 1 or (self._busy is not None and self._busy()):
             self._run(self._table, count)

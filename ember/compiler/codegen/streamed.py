@@ -46,7 +46,9 @@ from typing import Any
 
 import numpy as np
 
-from ember.compiler.codegen import target
+from ember import settings
+from ember.compiler.codegen import target, worker
+from ember.compiler.codegen.launch import default_threads
 
 #: Rows per block: the rows' data (``BLOCK_ROWS * k`` elements) stays in the
 #: first-level cache between the dot products and the gradient update.
@@ -453,10 +455,6 @@ class StreamedLaunch:
         gradient: Any,
         targets: list[tuple[Any, int, int]],
     ) -> None:
-        from ember import settings
-        from ember.compiler.codegen import worker
-        from ember.compiler.codegen.launch import default_threads
-
         self.plan = plan
         self.launches = (forward, *epilogues, gradient)
         self._engine, self._entry = stream_entry(plan)
