@@ -35,6 +35,7 @@ import numpy as np
 
 from ember import settings
 from ember.compiler.boundary import Boundary, first_address, sequenced
+from ember.compiler.codegen.launch import CallLoop, LaunchSequence
 from ember.compiler.concurrency import pair_products, split_unpaired, step_times
 from ember.compiler.streaming import stream_passes
 from ember.errors import SignatureError
@@ -879,6 +880,105 @@ class _Steady:
         finally:
             lock.release()
 
+    def run_many(
+        self,
+        batches: Sequence[Sequence[Any]],
+        others: Sequence[Any],
+        stacked: Sequence[int],
+    ) -> tuple[int, list[np.ndarray | None]] | None:
+        """Run one call per batch by one native loop (:class:`CallLoop`), as
+        :meth:`run` would call by call: each batch the program's inputs, of its
+        layouts (the caller compared them), over the flat storages the last
+        call's inputs had; ``others`` the very tensors of the last call.
+
+        Runs the longest prefix of ``batches`` whose views lie within those
+        storages and returns its length and, per result, the results of every
+        call stacked (``(calls, size)``) for the indices in ``stacked`` and the
+        last call's for the others (None for a result written over its argument).
+        Returns None, having run nothing, when not even the first batch
+        qualifies or the launches cannot run from native code.
+        """
+        program = self.program
+        launches = self.resident.loop_launches()
+        if launches is None or not program._disjoint:
+            return None
+        sources = {k: self.results[k] for k in stacked}
+        if any(array is None for array in sources.values()):
+            return None
+        lock = program._lock
+        if not lock.acquire(blocking=False):
+            return None
+        try:
+            seen, specs = self.seen, program.args
+            width = len(batches[0])
+            flats: list[np.ndarray] = []
+            bases: list[tuple[int, int, int]] = []
+            for position in range(width):
+                hit = seen[position]
+                if hit is None or hit[4] is None:
+                    return None
+                flat, spec = hit[1](), specs[position]
+                if flat is None or flat.strides != spec._flat_strides:
+                    return None
+                flats.append(flat)
+                bases.append((hit[4], flat.itemsize, flat.shape[0] - spec._extent))
+            for position, value in enumerate(others, width):
+                hit = seen[position]
+                if (
+                    hit is None
+                    or value._meta is not hit[0]
+                    or value._storage.data is not hit[1]()
+                ):
+                    return None
+            for position in self.updated:
+                held = flats[position] if position < width else None
+                if held is None:
+                    held = others[position - width]._storage.data
+                if not held.flags.writeable:
+                    return None
+            rows: list[int] = []
+            count = 0
+            for batch in batches:
+                row = []
+                for value, flat, (base, itemsize, last) in zip(batch, flats, bases):
+                    offset = value._meta.offset
+                    if value._storage.data is not flat or not 0 <= offset <= last:
+                        break
+                    row.append(base + offset * itemsize)
+                else:
+                    rows.extend(row)
+                    count += 1
+                    continue
+                break
+            if count == 0:
+                return None
+            addresses = np.array(rows, np.int64).reshape(count, width)
+            patches = [
+                (target, position)
+                for position, slot in enumerate(program._arg_slots[:width])
+                for target in self.resident.targets.get(slot, ())
+            ]
+            copies = [
+                (array, np.empty((count, array.size), array.dtype))
+                for array in sources.values()
+                if array is not None
+            ]
+            stacks = dict(zip(sources, (stack for _, stack in copies), strict=True))
+            CallLoop(launches, patches, width, copies).run(addresses)
+            # The last batch stays bound, as after a call on it.
+            for position, value in enumerate(batches[count - 1]):
+                rebound = program._rebind(
+                    position, flats[position], value._meta, seen[position], True
+                )
+                assert rebound
+            out: list[np.ndarray | None] = [
+                stacks[k] if k in stacks else None if array is None else array.copy()
+                for k, array in enumerate(self.results)
+            ]
+            return count, out
+        finally:
+            lock.release()
+
 
 class _Resident:
     """How a program whose schedule is prepared launches only runs: ``targets``
@@ -887,23 +987,42 @@ class _Resident:
     in order."""
 
     def __init__(
-        self, targets: dict[int, list[tuple[Any, int, int]]], runs: list[Any]
+        self, targets: dict[int, list[tuple[Any, int, int]]], launches: list[Any]
     ) -> None:
         self.targets = targets
-        self.runs = runs
+        self.launches = launches
+        self.runs = [launch.run for launch in launches]
         self.last: dict[int, int] = {}
+        self._looped: list[Any] | None | bool = False
 
     @staticmethod
     def of(schedule: Sequence[tuple[Any, ...]]) -> _Resident | None:
         targets: dict[int, list[tuple[Any, int, int]]] = {}
-        runs = []
+        launches = []
         for _, launch, slots in schedule:
             if launch is None:
                 return None
             for slot, target in zip(slots, launch.targets, strict=True):
                 targets.setdefault(slot, []).append(target)
-            runs.append(launch.run)
-        return _Resident(targets, runs)
+            launches.append(launch)
+        return _Resident(targets, launches)
+
+    def loop_launches(self) -> list[Any] | None:
+        """The launches as :class:`CallLoop` takes them (a launch that runs by one
+        native call becomes a sequence of one), or None when one cannot run from
+        native code (a kernel split over the Python pool)."""
+        if self._looped is False:
+            looped: list[Any] | None = []
+            for launch in self.launches:
+                if hasattr(launch, "loop_call"):
+                    looped.append(launch)  # type: ignore[union-attr]
+                elif getattr(launch, "sequenceable", False):
+                    looped.append(LaunchSequence([launch]))  # type: ignore[union-attr]
+                else:
+                    looped = None
+                    break
+            self._looped = looped
+        return self._looped  # type: ignore[return-value]
 
     def write(self, slot: int, address: int) -> None:
         for args, position, delta in self.targets[slot]:

@@ -62,9 +62,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import itertools
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -409,6 +410,74 @@ class _Lean:
         results = [new(_Storage(arrays[i]), layouts[i], None) for i in self.results]
         return unflatten(entry.output_spec, results)
 
+    def run_many(self, batches: Sequence[tuple[Any, ...]], start: int) -> list[Any]:
+        """Run the calls on ``batches[start:]`` that this steady state serves by
+        one native loop (:meth:`~ember.compiler.program._Steady.run_many`): the
+        batches from ``start`` on of this state's layouts, over the storages of
+        the last call's. Returns their results, or an empty list when none ran."""
+        steady = self.steady
+        if steady is None:
+            return []
+        count, layouts = self.count, self.layouts
+        end = start
+        for batch in batches[start:]:
+            if len(batch) != count:
+                break
+            for arg, (shape, dtype, strides) in zip(batch, layouts):
+                if type(arg) is not Tensor:
+                    break
+                meta = arg._meta
+                if (
+                    meta.strides != strides
+                    or meta.shape != shape
+                    or meta.dtype is not dtype
+                ):
+                    break
+            else:
+                end += 1
+                continue
+            break
+        if end == start:
+            return []
+        try:
+            if not self.guard.holds():
+                return []
+        except Exception:  # noqa: BLE001 - an option gone or not comparable
+            return []
+        for owner, key, number in self.numbers:
+            number[0] = owner[key]
+        served = steady.run_many(batches[start:end], self.inputs, self.results)
+        if served is None:
+            return []
+        ran, arrays = served
+        self.metas = [arg._meta for arg in batches[start + ran - 1]]
+        for tensor in self.bumped:
+            tensor._storage.version += ran
+        layouts_out: Any = self.direct.layouts
+        new = Tensor._new
+        for param, index in self.grads:
+            param.grad = (
+                None
+                if index is None
+                else new(_Storage(arrays[index]), layouts_out[index], None)
+            )
+        stacks = [arrays[i] for i in self.results]
+        single = self.single
+        if single is not None:
+            stack, layout = stacks[single], layouts_out[single]
+            return [new(_Storage(row), layout, None) for row in stack]
+        spec = self.entry.output_spec
+        return [
+            unflatten(
+                spec,
+                [
+                    new(_Storage(s[k]), layouts_out[i], None)
+                    for i, s in enumerate(stacks)
+                ],
+            )
+            for k in range(ran)
+        ]
+
 
 #: What :meth:`_Lean.run` returns when the general path must run the call: for
 #: arguments of other layouts, and for a state that changed since (``_STALE``).
@@ -416,6 +485,8 @@ _MISS: Any = object()
 _STALE: Any = object()
 #: Steady states a compiled step keeps, each for other argument layouts.
 LEANS_KEPT = 4
+#: How many batches :meth:`CompiledStep.loop` draws from its iterable at a time.
+LOOP_WINDOW = 512
 
 
 # Tracing a step --------------------------------------------------------------------
@@ -602,6 +673,43 @@ class CompiledStep:
             self._leans = []
             self.eager_calls += 1
             return self.fn(*args, **kwargs)
+
+    def loop(self, batches: Iterable[Any]) -> list[Any]:
+        """Call the step on each batch in turn; return the list of results.
+
+        ``step.loop(batches)`` does what ``[step(*batch) for batch in batches]``
+        does, to the same bytes: the same updates in the same order, the same
+        results, each parameter's ``.grad`` the last call's. A batch is a tuple
+        or list of the step's positional arguments, or one tensor. Calls whose
+        arguments are views of the same storages as the call before, of the
+        layouts of a steady call (the batches an epoch slices from one dataset),
+        run one after the other in native code without returning to Python in
+        between (docs/training.md); any other call goes through ``step(*batch)``.
+        Batches are drawn from ``batches`` a few hundred at a time.
+        """
+        results: list[Any] = []
+        source = iter(batches)
+        while True:
+            window = [
+                tuple(b) if isinstance(b, tuple | list) else (b,)
+                for b in itertools.islice(source, LOOP_WINDOW)
+            ]
+            if not window:
+                return results
+            start = 0
+            while start < len(window):
+                served: list[Any] = []
+                for lean in self._leans:
+                    served = lean.run_many(window, start)
+                    if served:
+                        break
+                if served:
+                    self.calls += len(served)
+                    results.extend(served)
+                    start += len(served)
+                else:
+                    results.append(self(*window[start]))
+                    start += 1
 
     def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if self.calls == 0:

@@ -500,11 +500,12 @@ def _address_of(function: Any) -> int:
 @functools.cache
 def _loop_entry(symbol: str) -> tuple[Any, Any]:
     """The JIT engine (kept alive here) and the entry of a launch loop:
-    ``ember_sequence`` (:class:`LaunchSequence`) or ``ember_table_part``
-    (:class:`ConcurrentLaunches`)."""
+    ``ember_sequence`` (:class:`LaunchSequence`), ``ember_table_part``
+    (:class:`ConcurrentLaunches`) or ``ember_calls`` (:class:`CallLoop`)."""
     llvm_ir, prototype = {
         "ember_sequence": (_SEQUENCE_IR, _SEQUENCE),
         "ember_table_part": (_TABLE_PART_IR, _MAIN),
+        "ember_calls": (_CALLS_IR, _CALLS),
     }[symbol]
     code = target.emit_object(target.optimize(llvm_ir, symbol))
     engine, addresses = target.load_object(code, [symbol])
@@ -566,6 +567,12 @@ class LaunchSequence:
             helper.wake()
         self._run(self._table, len(self.launches))
 
+    def loop_call(self) -> tuple[tuple[int, int, int, int], list[Any]]:
+        """What :class:`CallLoop` calls for one :meth:`run`: the record (kind 0,
+        ``ember_sequence``, this table, its length) and the helpers to wake."""
+        record = (0, _address_of(self._run), ctypes.addressof(self._table))
+        return (*record, len(self.launches)), list(self._wakes)
+
 
 #: One record of a launch table as a part of :mod:`~ember.compiler.codegen.worker`:
 #: ``ember_table_part(table, i)`` runs record ``i`` (kind 0).
@@ -624,6 +631,207 @@ class ConcurrentLaunches(LaunchSequence):
         helper = worker.worker()
         helper.wake()
         self._parallel(helper.address, ctypes.addressof(self._record))
+
+    def loop_call(self) -> tuple[tuple[int, int, int, int], list[Any]]:
+        """The record of :meth:`run` for :class:`CallLoop` (kind 1,
+        ``ember_parallel``, the helper's slot, the record), or of running the
+        launches in turn when :meth:`run` would now."""
+        if default_threads() == 1 or (self._busy is not None and self._busy()):
+            return super().loop_call()[0], []
+        helper = worker.worker()
+        record = (1, worker.parallel_address(), helper.address)
+        return (*record, ctypes.addressof(self._record)), [helper]
+
+
+#: The native loop of a :class:`CallLoop`. The plan holds eight integers: the
+#: width of the address table (addresses per call), the table, the patches (three
+#: integers each: where a pointer-array entry lies, the column of its address, a
+#: byte offset) and their number, the calls (four integers each: kind, function,
+#: two arguments; kind 0 is ``ember_sequence(table, count)``, kind 1
+#: ``ember_parallel(slot, record)``) and their number, the copies (three integers
+#: each: source, destination of call 0, bytes; call ``i`` writes ``i * bytes``
+#: further on) and their number. ``ember_calls(plan, first, last)`` runs calls
+#: ``first`` to ``last - 1``: patch, call, copy out.
+_CALLS_IR = """
+define void @ember_calls(ptr %plan, i64 %first, i64 %last) {
+entry:
+  %width = load i64, ptr %plan
+  %addresses.at = getelementptr i64, ptr %plan, i64 1
+  %addresses = load ptr, ptr %addresses.at
+  %patches.at = getelementptr i64, ptr %plan, i64 2
+  %patches = load ptr, ptr %patches.at
+  %npatch.at = getelementptr i64, ptr %plan, i64 3
+  %npatch = load i64, ptr %npatch.at
+  %calls.at = getelementptr i64, ptr %plan, i64 4
+  %calls = load ptr, ptr %calls.at
+  %ncall.at = getelementptr i64, ptr %plan, i64 5
+  %ncall = load i64, ptr %ncall.at
+  %copies.at = getelementptr i64, ptr %plan, i64 6
+  %copies = load ptr, ptr %copies.at
+  %ncopy.at = getelementptr i64, ptr %plan, i64 7
+  %ncopy = load i64, ptr %ncopy.at
+  %none = icmp uge i64 %first, %last
+  br i1 %none, label %done, label %step
+step:
+  %i = phi i64 [%first, %entry], [%i.next, %copy.end]
+  %row = mul i64 %i, %width
+  %has.patch = icmp ne i64 %npatch, 0
+  br i1 %has.patch, label %patch, label %patch.end
+patch:
+  %p = phi i64 [0, %step], [%p.next, %patch]
+  %p.rec = getelementptr [3 x i64], ptr %patches, i64 %p
+  %p.at = load ptr, ptr %p.rec
+  %p.column.at = getelementptr i64, ptr %p.rec, i64 1
+  %p.column = load i64, ptr %p.column.at
+  %p.delta.at = getelementptr i64, ptr %p.rec, i64 2
+  %p.delta = load i64, ptr %p.delta.at
+  %p.cell = add i64 %row, %p.column
+  %p.address.at = getelementptr i64, ptr %addresses, i64 %p.cell
+  %p.address = load i64, ptr %p.address.at
+  %p.value = add i64 %p.address, %p.delta
+  store i64 %p.value, ptr %p.at
+  %p.next = add i64 %p, 1
+  %p.more = icmp ult i64 %p.next, %npatch
+  br i1 %p.more, label %patch, label %patch.end
+patch.end:
+  %has.call = icmp ne i64 %ncall, 0
+  br i1 %has.call, label %call, label %call.end
+call:
+  %c = phi i64 [0, %patch.end], [%c.next, %call.join]
+  %c.rec = getelementptr [4 x i64], ptr %calls, i64 %c
+  %c.kind = load i64, ptr %c.rec
+  %c.fn.at = getelementptr i64, ptr %c.rec, i64 1
+  %c.fn = load ptr, ptr %c.fn.at
+  %c.x.at = getelementptr i64, ptr %c.rec, i64 2
+  %c.x = load ptr, ptr %c.x.at
+  %c.y.at = getelementptr i64, ptr %c.rec, i64 3
+  %c.y = load i64, ptr %c.y.at
+  %c.sequence = icmp eq i64 %c.kind, 0
+  br i1 %c.sequence, label %call.sequence, label %call.parallel
+call.sequence:
+  call void %c.fn(ptr %c.x, i64 %c.y)
+  br label %call.join
+call.parallel:
+  %c.record = inttoptr i64 %c.y to ptr
+  call void %c.fn(ptr %c.x, ptr %c.record)
+  br label %call.join
+call.join:
+  %c.next = add i64 %c, 1
+  %c.more = icmp ult i64 %c.next, %ncall
+  br i1 %c.more, label %call, label %call.end
+call.end:
+  %has.copy = icmp ne i64 %ncopy, 0
+  br i1 %has.copy, label %copy, label %copy.end
+copy:
+  %k = phi i64 [0, %call.end], [%k.next, %copy]
+  %k.rec = getelementptr [3 x i64], ptr %copies, i64 %k
+  %k.source = load ptr, ptr %k.rec
+  %k.to.at = getelementptr i64, ptr %k.rec, i64 1
+  %k.to = load i64, ptr %k.to.at
+  %k.bytes.at = getelementptr i64, ptr %k.rec, i64 2
+  %k.bytes = load i64, ptr %k.bytes.at
+  %k.skip = mul i64 %i, %k.bytes
+  %k.into = add i64 %k.to, %k.skip
+  %k.target = inttoptr i64 %k.into to ptr
+  call void @llvm.memcpy.p0.p0.i64(ptr %k.target, ptr %k.source, i64 %k.bytes, i1 false)
+  %k.next = add i64 %k, 1
+  %k.more = icmp ult i64 %k.next, %ncopy
+  br i1 %k.more, label %copy, label %copy.end
+copy.end:
+  %i.next = add i64 %i, 1
+  %i.more = icmp ult i64 %i.next, %last
+  br i1 %i.more, label %step, label %done
+done:
+  ret void
+}
+
+declare void @llvm.memcpy.p0.p0.i64(ptr, ptr, i64, i1)
+"""
+_CALLS = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
+
+
+class CallLoop:
+    """The calls of a loop run by native code: for each row of an address table,
+    write the row's addresses into the pointer arrays of prepared launches, run
+    the launches, and copy small results out into one row of stacked arrays.
+
+    ``launches`` are objects with ``loop_call()`` (:class:`LaunchSequence`,
+    :class:`ConcurrentLaunches`), whose checks ran when they were prepared.
+    ``patches`` name, per pointer-array entry (``(array, position, delta)`` as in
+    :attr:`PreparedLaunch.targets`), the column of the table whose address it
+    takes. ``copies`` pair a result's array with an array of its shape stacked
+    over the calls (C-contiguous both). The caller vouches for every address of
+    the table as it would for one call's (bounds and aliasing) and must keep the
+    launches from running elsewhere meanwhile. Runs :data:`CALLS_PER_ENTRY`
+    calls per native call, so that Python sees signals between them.
+    """
+
+    def __init__(
+        self,
+        launches: Sequence[Any],
+        patches: Sequence[tuple[tuple[Any, int, int], int]],
+        width: int,
+        copies: Sequence[tuple[np.ndarray, np.ndarray]],
+    ) -> None:
+        calls: list[tuple[int, int, int, int]] = []
+        wakes: dict[int, Any] = {}
+        for launch in launches:
+            record, helpers = launch.loop_call()
+            calls.append(record)
+            wakes.update((id(h), h) for h in helpers)
+        self._wakes = list(wakes.values())
+        self._engine, self._entry = _loop_entry("ember_calls")
+        self._patches = np.array(
+            [
+                (
+                    ctypes.addressof(args) + position * ctypes.sizeof(ctypes.c_void_p),
+                    column,
+                    delta,
+                )
+                for (args, position, delta), column in patches
+            ],
+            np.int64,
+        ).reshape(-1, 3)
+        self._calls = np.array(calls, np.int64).reshape(-1, 4)
+        for source, stacked in copies:
+            assert source.flags.c_contiguous and stacked.flags.c_contiguous
+            assert stacked.shape[1:] == source.shape and stacked.dtype == source.dtype
+        self._copies = [(source, stacked) for source, stacked in copies]
+        self._width = width
+
+    def run(self, addresses: np.ndarray) -> None:
+        """Run one call per row of ``addresses`` (int64, ``width`` columns); row
+        ``i``'s results land in row ``i`` of the stacked arrays."""
+        count = addresses.shape[0]
+        assert addresses.dtype == np.int64 and addresses.shape[1:] == (self._width,)
+        assert addresses.flags.c_contiguous
+        copies = np.array(
+            [(s.ctypes.data, t.ctypes.data, s.nbytes) for s, t in self._copies],
+            np.int64,
+        ).reshape(-1, 3)
+        for _, stacked in self._copies:
+            assert stacked.shape[0] >= count
+        plan = np.array(
+            [
+                self._width,
+                addresses.ctypes.data,
+                self._patches.ctypes.data,
+                len(self._patches),
+                self._calls.ctypes.data,
+                len(self._calls),
+                copies.ctypes.data,
+                len(copies),
+            ],
+            np.int64,
+        )
+        for first in range(0, count, CALLS_PER_ENTRY):
+            for helper in self._wakes:
+                helper.wake()
+            self._entry(plan.ctypes.data, first, min(count, first + CALLS_PER_ENTRY))
+
+
+#: Calls of a :class:`CallLoop` per native call.
+CALLS_PER_ENTRY = 256
 
 
 class ThreadChooser:
