@@ -26,8 +26,8 @@ def looped(monkeypatch):
     counts = {"calls": 0, "loops": 0}
     original = program_module._Steady.run_many
 
-    def run_many(self, batches, others, stacked):
-        served = original(self, batches, others, stacked)
+    def run_many(self, batches, others, stacked, feedback=()):
+        served = original(self, batches, others, stacked, feedback)
         if served is not None:
             counts["calls"] += served[0]
             counts["loops"] += 1
@@ -113,6 +113,18 @@ def test_loop_of_an_mlp_with_adam_equals_calls_one_by_one(looped):
             assert loss_b.item() == loss_a.item()
             assert sum_b.item() == sum_a.item()
         _assert_same(model_a, model_b)
+        # The step counts each call fed to the next, and the moments.
+        (opt_a,), (opt_b,) = step_a.optimizers, step_b.optimizers
+        state_a, state_b = opt_a.state_dict()["state"], opt_b.state_dict()["state"]
+        assert state_a.keys() == state_b.keys()
+        for key, entry in state_a.items():
+            assert entry["step"] == state_b[key]["step"]
+            assert type(entry["step"]) is type(state_b[key]["step"])
+            for name in ("exp_avg", "exp_avg_sq"):
+                np.testing.assert_array_equal(
+                    entry[name].numpy(), state_b[key][name].numpy()
+                )
+    assert looped["calls"] >= 2 * (len(batches) - 1)
 
 
 def test_batches_of_other_storages_and_layouts_run_one_by_one(looped):

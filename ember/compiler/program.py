@@ -885,17 +885,20 @@ class _Steady:
         batches: Sequence[Sequence[Any]],
         others: Sequence[Any],
         stacked: Sequence[int],
+        feedback: Sequence[tuple[int, int, np.ndarray]] = (),
     ) -> tuple[int, list[np.ndarray | None]] | None:
         """Run one call per batch by one native loop (:class:`CallLoop`), as
-        :meth:`run` would call by call: each batch the program's inputs, of its
-        layouts (the caller compared them), over the flat storages the last
-        call's inputs had; ``others`` the very tensors of the last call.
+        :meth:`run` would call by call: each batch the program's inputs;
+        ``others`` the very tensors of the last call.
 
-        Runs the longest prefix of ``batches`` whose views lie within those
-        storages and returns its length and, per result, the results of every
+        Runs the longest prefix of ``batches`` that are views of the program's
+        layouts over the flat storages the last call's inputs had, lying within
+        them, and returns its length and, per result, the results of every
         call stacked (``(calls, size)``) for the indices in ``stacked`` and the
         last call's for the others (None for a result written over its argument).
-        Returns None, having run nothing, when not even the first batch
+        ``feedback`` names float64 elements of results ``(index, element,
+        array)`` that each call copies into ``array`` (the 0-d storage of an
+        input among ``others``), the next call's input. Returns None, having run nothing, when not even the first batch
         qualifies or the launches cannot run from native code.
         """
         program = self.program
@@ -905,6 +908,19 @@ class _Steady:
         sources = {k: self.results[k] for k in stacked}
         if any(array is None for array in sources.values()):
             return None
+        fed: list[tuple[int, int, int]] = []
+        for k, element, into in feedback:
+            source = self.results[k]
+            if (
+                source is None
+                or source.dtype != np.float64
+                or into.dtype != np.float64
+                or not 0 <= element < source.size
+                or into.size != 1
+                or not into.flags.writeable
+            ):
+                return None
+            fed.append((source.ctypes.data + 8 * element, into.ctypes.data, 8))
         lock = program._lock
         if not lock.acquire(blocking=False):
             return None
@@ -938,17 +954,29 @@ class _Steady:
                     return None
             rows: list[int] = []
             count = 0
+            append = rows.append
             for batch in batches:
-                row = []
-                for value, flat, (base, itemsize, last) in zip(batch, flats, bases):
-                    offset = value._meta.offset
-                    if value._storage.data is not flat or not 0 <= offset <= last:
+                if len(batch) != width:
+                    break
+                for value, flat, spec, (base, itemsize, last) in zip(
+                    batch, flats, specs, bases
+                ):
+                    if type(value) is not _Tensor or value._storage.data is not flat:
                         break
-                    row.append(base + offset * itemsize)
+                    meta, layout = value._meta, spec.meta
+                    offset = meta.offset
+                    if (
+                        meta.strides != layout.strides
+                        or meta.shape != layout.shape
+                        or meta.dtype is not layout.dtype
+                        or not 0 <= offset <= last
+                    ):
+                        break
+                    append(base + offset * itemsize)
                 else:
-                    rows.extend(row)
                     count += 1
                     continue
+                del rows[count * width :]
                 break
             if count == 0:
                 return None
@@ -964,7 +992,7 @@ class _Steady:
                 if array is not None
             ]
             stacks = dict(zip(sources, (stack for _, stack in copies), strict=True))
-            CallLoop(launches, patches, width, copies).run(addresses)
+            CallLoop(launches, patches, width, copies, fed).run(addresses)
             # The last batch stays bound, as after a call on it.
             for position, value in enumerate(batches[count - 1]):
                 rebound = program._rebind(

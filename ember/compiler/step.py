@@ -353,9 +353,16 @@ class _Lean:
         self.single = spec[1] if spec[0] == "leaf" else None
         # The program's runner for the calls of a loop; None when it has none.
         self.steady = None
-        if not direct.writes and not entry.numbers:
+        if not direct.writes:
             steady = getattr(entry.program, "steady", None)
             self.steady = steady() if steady is not None else None
+        # The numbers a step updates (an Adam step count): each call's new value,
+        # an element of a result, is the next call's input in a native loop.
+        layouts: Any = direct.layouts
+        self.feedback = [
+            (output, layouts[output].offset, self.numbers[number][2])
+            for number, output in entry.numbers
+        ]
 
     def run(self, args: tuple[Any, ...]) -> Any:
         if len(args) != self.count:
@@ -386,7 +393,7 @@ class _Lean:
             number[0] = owner[key]
         direct, entry = self.direct, self.entry
         arrays = None
-        if changed and self.steady is not None:
+        if changed and self.steady is not None and not entry.numbers:
             # The arguments' layouts are the program's: compared above.
             arrays = self.steady.run(args, self.inputs)
         if arrays is None:
@@ -413,32 +420,26 @@ class _Lean:
     def run_many(self, batches: Sequence[tuple[Any, ...]], start: int) -> list[Any]:
         """Run the calls on ``batches[start:]`` that this steady state serves by
         one native loop (:meth:`~ember.compiler.program._Steady.run_many`): the
-        batches from ``start`` on of this state's layouts, over the storages of
-        the last call's. Returns their results, or an empty list when none ran."""
+        batches from ``start`` on of this state's layouts over the storages of
+        the last call's, up to the first that is not. Returns their results, or
+        an empty list when none ran."""
         steady = self.steady
         if steady is None:
             return []
-        count, layouts = self.count, self.layouts
-        end = start
-        for batch in batches[start:]:
-            if len(batch) != count:
-                break
-            for arg, (shape, dtype, strides) in zip(batch, layouts):
-                if type(arg) is not Tensor:
-                    break
-                meta = arg._meta
-                if (
-                    meta.strides != strides
-                    or meta.shape != shape
-                    or meta.dtype is not dtype
-                ):
-                    break
-            else:
-                end += 1
-                continue
-            break
-        if end == start:
+        # The first batch's layouts decide which steady state tries the batches.
+        first = batches[start]
+        if len(first) != self.count:
             return []
+        for arg, (shape, dtype, strides) in zip(first, self.layouts):
+            if type(arg) is not Tensor:
+                return []
+            meta = arg._meta
+            if (
+                meta.strides != strides
+                or meta.shape != shape
+                or meta.dtype is not dtype
+            ):
+                return []
         try:
             if not self.guard.holds():
                 return []
@@ -446,7 +447,8 @@ class _Lean:
             return []
         for owner, key, number in self.numbers:
             number[0] = owner[key]
-        served = steady.run_many(batches[start:end], self.inputs, self.results)
+        window = batches[start:] if start else batches
+        served = steady.run_many(window, self.inputs, self.results, self.feedback)
         if served is None:
             return []
         ran, arrays = served
@@ -461,6 +463,11 @@ class _Lean:
                 if index is None
                 else new(_Storage(arrays[index]), layouts_out[index], None)
             )
+        numbers = self.state.numbers
+        for which, output in self.entry.numbers:
+            owner, key, _ = numbers[which]
+            value = arrays[output][layouts_out[output].offset]  # type: ignore[index]
+            owner[key] = type(owner[key])(value.item())
         stacks = [arrays[i] for i in self.results]
         single = self.single
         if single is not None:
@@ -691,7 +698,11 @@ class CompiledStep:
         source = iter(batches)
         while True:
             window = [
-                tuple(b) if isinstance(b, tuple | list) else (b,)
+                b
+                if type(b) is tuple
+                else tuple(b)
+                if isinstance(b, tuple | list)
+                else (b,)
                 for b in itertools.islice(source, LOOP_WINDOW)
             ]
             if not window:

@@ -648,9 +648,9 @@ class ConcurrentLaunches(LaunchSequence):
 #: integers each: where a pointer-array entry lies, the column of its address, a
 #: byte offset) and their number, the calls (four integers each: kind, function,
 #: two arguments; kind 0 is ``ember_sequence(table, count)``, kind 1
-#: ``ember_parallel(slot, record)``) and their number, the copies (three integers
-#: each: source, destination of call 0, bytes; call ``i`` writes ``i * bytes``
-#: further on) and their number. ``ember_calls(plan, first, last)`` runs calls
+#: ``ember_parallel(slot, record)``) and their number, the copies (four integers
+#: each: source, destination of call 0, bytes, stride; call ``i`` writes
+#: ``i * stride`` bytes further on) and their number. ``ember_calls(plan, first, last)`` runs calls
 #: ``first`` to ``last - 1``: patch, call, copy out.
 _CALLS_IR = """
 define void @ember_calls(ptr %plan, i64 %first, i64 %last) {
@@ -724,13 +724,15 @@ call.end:
   br i1 %has.copy, label %copy, label %copy.end
 copy:
   %k = phi i64 [0, %call.end], [%k.next, %copy]
-  %k.rec = getelementptr [3 x i64], ptr %copies, i64 %k
+  %k.rec = getelementptr [4 x i64], ptr %copies, i64 %k
   %k.source = load ptr, ptr %k.rec
   %k.to.at = getelementptr i64, ptr %k.rec, i64 1
   %k.to = load i64, ptr %k.to.at
   %k.bytes.at = getelementptr i64, ptr %k.rec, i64 2
   %k.bytes = load i64, ptr %k.bytes.at
-  %k.skip = mul i64 %i, %k.bytes
+  %k.stride.at = getelementptr i64, ptr %k.rec, i64 3
+  %k.stride = load i64, ptr %k.stride.at
+  %k.skip = mul i64 %i, %k.stride
   %k.into = add i64 %k.to, %k.skip
   %k.target = inttoptr i64 %k.into to ptr
   call void @llvm.memcpy.p0.p0.i64(ptr %k.target, ptr %k.source, i64 %k.bytes, i1 false)
@@ -760,7 +762,9 @@ class CallLoop:
     ``patches`` name, per pointer-array entry (``(array, position, delta)`` as in
     :attr:`PreparedLaunch.targets`), the column of the table whose address it
     takes. ``copies`` pair a result's array with an array of its shape stacked
-    over the calls (C-contiguous both). The caller vouches for every address of
+    over the calls (C-contiguous both); ``feedback`` copies ``(source,
+    destination, bytes)`` after every call to the same place (a result that is
+    the next call's input). The caller vouches for every address of
     the table as it would for one call's (bounds and aliasing) and must keep the
     launches from running elsewhere meanwhile. Runs :data:`CALLS_PER_ENTRY`
     calls per native call, so that Python sees signals between them.
@@ -772,6 +776,7 @@ class CallLoop:
         patches: Sequence[tuple[tuple[Any, int, int], int]],
         width: int,
         copies: Sequence[tuple[np.ndarray, np.ndarray]],
+        feedback: Sequence[tuple[int, int, int]] = (),
     ) -> None:
         calls: list[tuple[int, int, int, int]] = []
         wakes: dict[int, Any] = {}
@@ -797,6 +802,7 @@ class CallLoop:
             assert source.flags.c_contiguous and stacked.flags.c_contiguous
             assert stacked.shape[1:] == source.shape and stacked.dtype == source.dtype
         self._copies = [(source, stacked) for source, stacked in copies]
+        self._feedback = [(source, into, size, 0) for source, into, size in feedback]
         self._width = width
 
     def run(self, addresses: np.ndarray) -> None:
@@ -806,9 +812,13 @@ class CallLoop:
         assert addresses.dtype == np.int64 and addresses.shape[1:] == (self._width,)
         assert addresses.flags.c_contiguous
         copies = np.array(
-            [(s.ctypes.data, t.ctypes.data, s.nbytes) for s, t in self._copies],
+            [
+                (s.ctypes.data, t.ctypes.data, s.nbytes, s.nbytes)
+                for s, t in self._copies
+            ]
+            + self._feedback,
             np.int64,
-        ).reshape(-1, 3)
+        ).reshape(-1, 4)
         for _, stacked in self._copies:
             assert stacked.shape[0] >= count
         plan = np.array(
