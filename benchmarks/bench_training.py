@@ -8,6 +8,10 @@ Three workloads, each timed against the numpy program a careful engineer writes:
 - linear regression, 100,000 x 100, minibatch SGD with batch 512 for 5 epochs
   (target: at most 0.7x the numpy loop, with the same final loss).
 
+The linear regression also runs its compiled step as ``step.loop(batches)`` once
+per epoch: the same calls, run one after the other in native code
+(docs/training.md), against a Python loop that calls the step per batch.
+
 Two compiled variants are timed: "compiled model" (``ember.compile(model,
 backend="llvm")``) runs its forward and backward as compiled programs while the
 loss, ``backward()`` on it and the optimizer stay eager, as torch.compile users get
@@ -239,9 +243,14 @@ def numpy_regression(x: np.ndarray, y: np.ndarray) -> float:
 
 class CompiledRegression:
     """The same loop with a compiled ``nn.Linear`` and an eager SGD, or with
-    ``whole=True`` the whole step compiled."""
+    ``whole=True`` the whole step compiled; with ``loop=True`` too, each epoch
+    runs as ``step.loop(batches)`` (the calls one after the other in native code)
+    instead of a Python loop of calls."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, whole: bool = False) -> None:
+    def __init__(
+        self, x: np.ndarray, y: np.ndarray, whole: bool = False, loop: bool = False
+    ) -> None:
+        self.loop = loop
         self.x, self.y = ember.from_numpy(x), ember.from_numpy(y)
         self.module = nn.Linear(FEATURES, 1)
         self.opt = optim.SGD(self.module.parameters(), lr=LR)
@@ -268,6 +277,9 @@ class CompiledRegression:
             self.module.bias.zero_()
         loss = None
         for _ in range(EPOCHS):
+            if self.loop:
+                loss = self.step.loop(self.batches)[-1]  # type: ignore[attr-defined]
+                continue
             for xb, yb in self.batches:
                 loss = self.step(xb, yb)
         assert loss is not None
@@ -277,6 +289,7 @@ class CompiledRegression:
 def bench_regression(repeats: int) -> None:
     x, y = regression_data()
     runners = {
+        "step.loop": CompiledRegression(x, y, whole=True, loop=True),
         "compiled step": CompiledRegression(x, y, whole=True),
         "compiled model": CompiledRegression(x, y),
     }

@@ -955,24 +955,28 @@ class _Steady:
             rows: list[int] = []
             count = 0
             append = rows.append
+            expected = [
+                (flat, spec.meta.strides, spec.meta.shape, spec.meta.dtype, *bound)
+                for flat, spec, bound in zip(flats, specs, bases)
+            ]
             for batch in batches:
                 if len(batch) != width:
                     break
-                for value, flat, spec, (base, itemsize, last) in zip(
-                    batch, flats, specs, bases
+                for value, (flat, strides, shape, dtype, base, size, last) in zip(
+                    batch, expected
                 ):
                     if type(value) is not _Tensor or value._storage.data is not flat:
                         break
-                    meta, layout = value._meta, spec.meta
+                    meta = value._meta
                     offset = meta.offset
                     if (
-                        meta.strides != layout.strides
-                        or meta.shape != layout.shape
-                        or meta.dtype is not layout.dtype
+                        meta.strides != strides
+                        or meta.shape != shape
+                        or meta.dtype is not dtype
                         or not 0 <= offset <= last
                     ):
                         break
-                    append(base + offset * itemsize)
+                    append(base + offset * size)
                 else:
                     count += 1
                     continue
