@@ -44,6 +44,7 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 
 import numpy as np
 from bench_train_step import (
@@ -290,14 +291,18 @@ def bench_regression(repeats: int) -> None:
     x, y = regression_data()
     runners = {
         "step.loop": CompiledRegression(x, y, whole=True, loop=True),
+        "loop, in turn": CompiledRegression(x, y, whole=True, loop=True),
         "compiled step": CompiledRegression(x, y, whole=True),
         "compiled model": CompiledRegression(x, y),
     }
     losses, firsts = {}, {}
     for name, run in runners.items():
-        start = time.perf_counter()
-        losses[name] = run()  # compiles for the full and the last, short batch
-        firsts[name] = time.perf_counter() - start
+        # "loop, in turn" runs its streamed passes on the calling thread alone.
+        in_turn = name == "loop, in turn"
+        with settings.override(concurrent_products=False) if in_turn else nullcontext():
+            start = time.perf_counter()
+            losses[name] = run()  # compiles for the full and the last, short batch
+            firsts[name] = time.perf_counter() - start
     numpy_loss = numpy_regression(x, y)
     times = interleaved(
         {**runners, "numpy by hand": lambda: numpy_regression(x, y)}, repeats
