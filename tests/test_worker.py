@@ -14,6 +14,7 @@ import pytest
 
 import ember
 from ember.compiler.codegen import target, worker
+from ember.compiler.codegen.launch import default_threads as launch_threads
 from tests.test_steady_calls import linear_regression
 
 _MARK_IR = """
@@ -138,3 +139,94 @@ def test_a_forked_child_trains_to_the_same_loss():
         child = float(pipe.read())
     os.waitpid(pid, 0)
     assert child == parent
+
+
+#: Part ``k`` stores the id of the thread that ran it (``pthread_self``, whose
+#: address is ``args[0]``) at ``args[1 + k]``; part 1 then spins ``args[3]``
+#: counter ticks.
+_WHO_IR = """
+define void @ember_who(ptr %args, i64 %part) {
+entry:
+  %self.fn = load ptr, ptr %args
+  %id = call i64 %self.fn()
+  %slot = add i64 %part, 1
+  %at = getelementptr i64, ptr %args, i64 %slot
+  store atomic i64 %id, ptr %at seq_cst, align 8
+  %slow = icmp eq i64 %part, 1
+  br i1 %slow, label %start, label %done
+start:
+  %ticks.at = getelementptr i64, ptr %args, i64 3
+  %ticks = load i64, ptr %ticks.at
+  %t0 = call i64 @llvm.readcyclecounter()
+  br label %spin
+spin:
+  %t = call i64 @llvm.readcyclecounter()
+  %spent = sub i64 %t, %t0
+  %more = icmp ult i64 %spent, %ticks
+  br i1 %more, label %spin, label %done
+done:
+  ret void
+}
+declare i64 @llvm.readcyclecounter()
+"""
+
+
+@pytest.fixture(scope="module")
+def who():
+    module = target.optimize(_WHO_IR, "ember_who")
+    engine, addresses = target.load_object(target.emit_object(module), ["ember_who"])
+    yield addresses["ember_who"]
+    del engine
+
+
+def _rest_cleared(helper):
+    helper.slot[worker.REST_UNTIL] = 0
+
+
+def test_callers_rest_from_a_late_helper_then_use_it_again(who):
+    if launch_threads() < 2:
+        pytest.skip("the helper needs a second CPU to take a part")
+    helper = worker.worker()
+    parallel = _PARALLEL(worker.parallel_address())
+    pthread_self = ctypes.cast(ctypes.CDLL(None).pthread_self, ctypes.c_void_p).value
+    args = (ctypes.c_int64 * 4)()
+    args[0] = pthread_self
+    args[3] = helper.slot[worker.LATE_TICKS] * 20  # 2 ms: late by any measure
+    record = _record(who, args, 2)
+    caller = threading.get_ident()
+    try:
+        # Until the helper takes the slow part while this thread runs the fast one.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            _rest_cleared(helper)
+            helper.wake()
+            time.sleep(0.001)  # the helper spins now
+            parallel(helper.address, ctypes.addressof(record))
+            if args[1] == caller and args[2] != caller:
+                break
+        else:
+            pytest.fail("the helper never took a part in 20 s")
+        assert helper.slot[worker.REST_UNTIL] != 0
+        # Resting: a call publishes nothing, runs every part here, and wake()
+        # leaves the helper asleep.
+        generation = helper.slot[worker.GENERATION]
+        args[3] = 0
+        parallel(helper.address, ctypes.addressof(record))
+        assert helper.slot[worker.GENERATION] == generation
+        assert args[1] == args[2] == caller
+        deadline = time.monotonic() + 10
+        while helper.slot[worker.AWAKE] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        helper.wake()
+        awake = []
+        for _ in range(20):  # a woken helper spins for SPIN_SECONDS
+            time.sleep(0.0005)
+            awake.append(helper.slot[worker.AWAKE])
+        assert not any(awake)
+        # The rest over, the next call publishes again and clears it.
+        helper.slot[worker.REST_UNTIL] = 1
+        parallel(helper.address, ctypes.addressof(record))
+        assert helper.slot[worker.REST_UNTIL] == 0
+        assert helper.slot[worker.GENERATION] == generation + 1
+    finally:
+        _rest_cleared(helper)

@@ -15,10 +15,18 @@ The helper spins for :data:`SPIN_SECONDS` after its last part, then sleeps on an
 event until a caller wakes it (:meth:`Worker.wake`, a memory read when it is
 awake); the calls in the meantime run their parts alone.
 
+A caller that waits for the helper's parts longer than twice what its own share
+took plus :data:`LATE_SECONDS` has met a helper without a core (another process took it,
+or the helper shares the caller's): calls then run alone, and the helper is not
+woken, for :data:`REST_SECONDS`, so that such a machine costs one late wait per
+rest rather than one per call.
+
 Slot fields (64-bit, each on a cache line of its own): the generation of the
 last record published, the record (0 when none), whether the helper holds one,
 whether a caller owns the slot, whether the helper is spinning, whether it must
-stop. Record fields: the part function ``fn(args, part)``, its ``args``, the
+stop, the counter value until which callers run alone (0: they do not), and on
+one line, read only, the late wait and the rest in counter ticks and the address
+of ``sched_yield`` (0: none). Record fields: the part function ``fn(args, part)``, its ``args``, the
 number of parts, then (each on a line of its own) the next part to claim and
 the parts finished.
 """
@@ -37,9 +45,19 @@ from ember.compiler.codegen import target
 
 #: How long the helper spins for a new record before it sleeps.
 SPIN_SECONDS = 0.005
+#: A caller that waits for the parts the helper claimed longer than twice its own
+#: share of the call took plus this (a helper whose core was taken by another
+#: process) runs its calls alone for REST_SECONDS; the helper sleeps meanwhile.
+LATE_SECONDS = 100e-6
+REST_SECONDS = 0.1
 #: Integers per slot and per record; the fields' positions.
-SLOT_WORDS = 48
-GENERATION, JOB, BUSY, OWNER, AWAKE, STOP = 0, 8, 16, 24, 32, 40
+SLOT_WORDS = 64
+GENERATION, JOB, BUSY, OWNER, AWAKE, STOP, REST_UNTIL = 0, 8, 16, 24, 32, 40, 48
+LATE_TICKS, REST_TICKS, YIELD = 56, 57, 58
+#: The spinning helper offers its core to other threads (``sched_yield``) every
+#: this many turns (a power of two), so that it takes no time from a caller
+#: that shares its core.
+YIELD_TURNS = 32
 RECORD_WORDS = 24
 FN, ARGS, PARTS, NEXT, FINISHED = 0, 1, 2, 8, 16
 
@@ -90,14 +108,17 @@ entry:
   %busy.at = {field} %slot, i64 {BUSY}
   %awake.at = {field} %slot, i64 {AWAKE}
   %stop.at = {field} %slot, i64 {STOP}
+  %yield.at = {field} %slot, i64 {YIELD}
+  %yield.fn = load ptr, ptr %yield.at
+  %can.yield = icmp ne ptr %yield.fn, null
   store atomic i64 1, ptr %awake.at seq_cst, align 8
   %seen0 = load atomic i64, ptr %gen.at acquire, align 8
   %t0 = call i64 @llvm.readcyclecounter()
   br label %spin
 spin:
-  %seen = phi i64 [%seen0, %entry], [%seen, %idle], [%g, %after]
-  %since = phi i64 [%t0, %entry], [%since, %idle], [%t.after, %after]
-  %count = phi i64 [0, %entry], [%count.next, %idle], [0, %after]
+  %seen = phi i64 [%seen0, %entry], [%seen, %timing], [%g, %after]
+  %since = phi i64 [%t0, %entry], [%since, %timing], [%t.after, %after]
+  %count = phi i64 [0, %entry], [%count.next, %timing], [0, %after]
   %stop = load atomic i64, ptr %stop.at monotonic, align 8
   %stopping = icmp ne i64 %stop, 0
   br i1 %stopping, label %exit, label %check
@@ -107,6 +128,14 @@ check:
   br i1 %new, label %take, label %idle
 idle:
 {pause}  %count.next = add i64 %count, 1
+  %turn = and i64 %count.next, {YIELD_TURNS - 1}
+  %turned = icmp eq i64 %turn, 0
+  %yielding = and i1 %turned, %can.yield
+  br i1 %yielding, label %yield, label %timing
+yield:
+  %yielded = call i32 %yield.fn()
+  br label %timing
+timing:
   %t = call i64 @llvm.readcyclecounter()
   %waited = sub i64 %t, %since
   %tired.cycles = icmp uge i64 %waited, %budget
@@ -142,6 +171,18 @@ entry:
   %none = icmp eq ptr %slot, null
   br i1 %none, label %alone, label %try
 try:
+  %rest.at = {field} %slot, i64 {REST_UNTIL}
+  %until = load atomic i64, ptr %rest.at monotonic, align 8
+  %resting = icmp ne i64 %until, 0
+  br i1 %resting, label %rested, label %own
+rested:
+  %now.rested = call i64 @llvm.readcyclecounter()
+  %still = icmp ult i64 %now.rested, %until
+  br i1 %still, label %alone, label %refresh
+refresh:
+  store atomic i64 0, ptr %rest.at monotonic, align 8
+  br label %own
+own:
   %owner.at = {field} %slot, i64 {OWNER}
   %owned = cmpxchg ptr %owner.at, i64 0, i64 1 acquire monotonic
   %got = extractvalue {{ i64, i1 }} %owned, 1
@@ -150,17 +191,36 @@ publish:
   %gen.at = {field} %slot, i64 {GENERATION}
   %job.at = {field} %slot, i64 {JOB}
   %busy.at = {field} %slot, i64 {BUSY}
+  %late.at = {field} %slot, i64 {LATE_TICKS}
+  %late.ticks = load i64, ptr %late.at
   %address = ptrtoint ptr %rec to i64
+  %t0 = call i64 @llvm.readcyclecounter()
   store atomic i64 %address, ptr %job.at seq_cst, align 8
   %old = atomicrmw add ptr %gen.at, i64 1 seq_cst
   call void @claim(ptr %rec)
+  %t1 = call i64 @llvm.readcyclecounter()
+  %mine = sub i64 %t1, %t0
+  %twice = shl i64 %mine, 1
+  %patience = add i64 %twice, %late.ticks
   br label %wait
 wait:
+  %late = phi i1 [false, %publish], [true, %wait.more], [false, %watch], [true, %rest]
   %finished = load atomic i64, ptr %finished.at acquire, align 8
   %all = icmp sge i64 %finished, %parts
   br i1 %all, label %retract, label %wait.more
 wait.more:
-{pause}  br label %wait
+{pause}  br i1 %late, label %wait, label %watch
+watch:
+  %now = call i64 @llvm.readcyclecounter()
+  %waited = sub i64 %now, %t1
+  %over = icmp ugt i64 %waited, %patience
+  br i1 %over, label %rest, label %wait
+rest:
+  %rest.ticks.at = {field} %slot, i64 {REST_TICKS}
+  %rest.ticks = load i64, ptr %rest.ticks.at
+  %rest.end = add i64 %now, %rest.ticks
+  store atomic i64 %rest.end, ptr %rest.at monotonic, align 8
+  br label %wait
 retract:
   store atomic i64 0, ptr %job.at seq_cst, align 8
   br label %held
@@ -228,6 +288,15 @@ declare i64 @llvm.readcyclecounter()
 _keep: list[Any] = []
 
 
+def _sched_yield() -> int:
+    """The address of the C library's ``sched_yield``, or 0 where there is none."""
+    try:
+        function = ctypes.CDLL(None).sched_yield
+    except (AttributeError, OSError, TypeError):  # pragma: no cover - not POSIX
+        return 0
+    return ctypes.cast(function, ctypes.c_void_p).value or 0
+
+
 class Worker:
     """The helper thread and its slot (see the module docstring)."""
 
@@ -241,6 +310,10 @@ class Worker:
         # The spin budget, in counter ticks and in loop turns (a turn with a
         # pause takes at least a nanosecond): whichever ends first.
         self._budget = int(rate * SPIN_SECONDS) if rate else int(SPIN_SECONDS * 1e9)
+        # Without a counter, waits are never found late.
+        self.slot[LATE_TICKS] = int(rate * LATE_SECONDS) if rate else 1 << 62
+        self.slot[REST_TICKS] = max(1, int(rate * REST_SECONDS))
+        self.slot[YIELD] = _sched_yield()
         self._event = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -255,8 +328,10 @@ class Worker:
             self._event.clear()
 
     def wake(self) -> None:
-        """Make sure the helper is spinning or about to (cheap when it is)."""
-        if self.slot[AWAKE]:
+        """Make sure the helper is spinning or about to (cheap when it is), unless
+        callers are running alone for a while (a late helper, above)."""
+        slot = self.slot
+        if slot[AWAKE] or slot[REST_UNTIL]:
             return
         if self._thread is None or not self._thread.is_alive():
             with self._lock:
@@ -274,7 +349,7 @@ class Worker:
 
     def _after_fork(self) -> None:
         # The helper does not exist in a child: a new one starts when woken.
-        for field in (GENERATION, JOB, BUSY, OWNER, AWAKE):
+        for field in (GENERATION, JOB, BUSY, OWNER, AWAKE, REST_UNTIL):
             self.slot[field] = 0
         self._thread = None
         self._event = threading.Event()
