@@ -336,3 +336,24 @@ def test_loop_over_batches_at_any_offsets_equals_calls_one_by_one(
 
 
 _DATA = _data(340)
+
+
+def test_loop_over_something_not_iterable_is_a_signature_error():
+    _, step = linear_regression()
+    compiled = ember.compile(step, backend="llvm")
+    with pytest.raises(EmberError, match="iterable of batches") as caught:
+        compiled.loop(42)
+    assert "test_step_loop.py" in str(caught.value)
+    assert compiled.calls == 0
+
+
+def test_a_failing_call_inside_a_loop_raises_after_the_calls_before_it():
+    x, y = _data(256)
+    (model_a, step_a), (model_b, step_b) = _pair(linear_regression)
+    good = _batches(x, y, 64)
+    bad = (x[:64], y[:32])  # targets of another length
+    for batch in good:
+        step_a(*batch)
+    with pytest.raises(EmberError, match="shape"):
+        step_b.loop([*good, bad, *good])
+    _assert_same(model_a, model_b)  # the calls before the bad batch ran, no others

@@ -84,7 +84,13 @@ from ember.compiler.trace import (
     model_name,
     unflatten,
 )
-from ember.errors import AliasError, EmberError, TraceError, UnsupportedError
+from ember.errors import (
+    AliasError,
+    EmberError,
+    SignatureError,
+    TraceError,
+    UnsupportedError,
+)
 from ember.ir import dispatch, dtypes
 from ember.ir import functions as F
 from ember.ir.graph import Graph, Node
@@ -694,8 +700,16 @@ class CompiledStep:
         between (docs/training.md); any other call goes through ``step(*batch)``.
         Batches are drawn from ``batches`` a few hundred at a time.
         """
+        try:
+            source = iter(batches)
+        except TypeError:
+            raise SignatureError(
+                f"{self.label}.loop takes an iterable of batches",
+                expected="a list of argument tuples, or of tensors",
+                actual=type(batches).__name__,
+                hint="pass [(x[s : s + n], y[s : s + n]) for s in range(0, len(x), n)]",
+            ) from None
         results: list[Any] = []
-        source = iter(batches)
         while True:
             window = [
                 b
