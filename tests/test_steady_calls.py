@@ -5,10 +5,9 @@ written again."""
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
+from threads import held_elsewhere
 
 import ember
 from ember import nn, optim
@@ -141,24 +140,10 @@ def test_a_call_while_another_thread_holds_the_program_is_checked(steady_calls):
     x, y = _data()
     _, compiled, _, eager_step = _in_step(x, y)
     (lean,) = [lean for lean in compiled._leans if lean.layouts[0][0] == (64, 100)]
-    held = threading.Event()
-    release = threading.Event()
-    lock = lean.entry.program._lock
-
-    def hold():
-        with lock:
-            held.set()
-            release.wait(10)
-
-    thread = threading.Thread(target=hold)
-    thread.start()
-    held.wait(10)
     handed_back = steady_calls["handed back"]
-    # The general path waits for the lock: release it once the runner refused.
-    timer = threading.Timer(0.2, release.set)
-    timer.start()
-    got = compiled(x[192:256], y[192:256]).item()
-    thread.join()
+    # The general path waits for the lock, let go once the runner refused.
+    with held_elsewhere(lean.entry.program._lock):
+        got = compiled(x[192:256], y[192:256]).item()
     want = eager_step(x[192:256], y[192:256]).item()
     np.testing.assert_allclose(got, want, rtol=1e-5)
     assert steady_calls["handed back"] == handed_back + 1

@@ -4,13 +4,12 @@ the same bytes, whether its calls run in one native loop
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from test_steady_calls import linear_regression
+from threads import held_elsewhere
 
 import ember
 from ember import nn, optim
@@ -245,24 +244,11 @@ def test_a_loop_while_another_thread_holds_the_program_runs_call_by_call(looped)
     want = [step_a(*batch).item() for batch in batches]
     assert [loss.item() for loss in step_b.loop(batches)] == want
     (lean,) = [lean for lean in step_b._leans if lean.layouts[0][0] == (64, 100)]
-    lock = lean.entry.program._lock
-    held, release = threading.Event(), threading.Event()
-
-    def hold():
-        with lock:
-            held.set()
-            release.wait(10)
-
-    thread = threading.Thread(target=hold)
-    thread.start()
-    held.wait(10)
     calls = looped["calls"]
-    # A call made one by one waits for the lock: release it once the loop refused;
+    # A call made one by one waits for the lock, let go once the loop refused;
     # the calls after it may run natively again.
-    timer = threading.Timer(0.2, release.set)
-    timer.start()
-    got = [loss.item() for loss in step_b.loop(batches)]
-    thread.join()
+    with held_elsewhere(lean.entry.program._lock):
+        got = [loss.item() for loss in step_b.loop(batches)]
     assert looped["calls"] - calls < len(batches)
     assert got == [step_a(*batch).item() for batch in batches]
     _assert_same(model_a, model_b)

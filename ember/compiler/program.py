@@ -861,14 +861,8 @@ class _Steady:
                     position, flat, meta, hit, True
                 ):
                     return None
-            for position, value in enumerate(others, len(args)):
-                hit = seen[position]
-                if (
-                    hit is None
-                    or value._meta is not hit[0]
-                    or value._storage.data is not hit[1]()
-                ):
-                    return None
+            if not self._same_others(others, len(args)):
+                return None
             count = len(args)
             for position in self.updated:
                 value = args[position] if position < count else others[position - count]
@@ -879,6 +873,20 @@ class _Steady:
             return [None if array is None else array.copy() for array in self.results]
         finally:
             lock.release()
+
+    def _same_others(self, others: Sequence[Any], start: int) -> bool:
+        """Whether ``others``, the inputs from position ``start`` on, are the
+        very layouts over the very storages the last call had."""
+        seen = self.seen
+        for position, value in enumerate(others, start):
+            hit = seen[position]
+            if (
+                hit is None
+                or value._meta is not hit[0]
+                or value._storage.data is not hit[1]()
+            ):
+                return False
+        return True
 
     def run_many(
         self,
@@ -898,8 +906,9 @@ class _Steady:
         last call's for the others (None for a result written over its argument).
         ``feedback`` names float64 elements of results ``(index, element,
         array)`` that each call copies into ``array`` (the 0-d storage of an
-        input among ``others``), the next call's input. Returns None, having run nothing, when not even the first batch
-        qualifies or the launches cannot run from native code.
+        input among ``others``), the next call's input. Returns None, having
+        run nothing, when not even the first batch qualifies or the launches
+        cannot run from native code.
         """
         program = self.program
         launches = self.resident.loop_launches()
@@ -938,14 +947,8 @@ class _Steady:
                     return None
                 flats.append(flat)
                 bases.append((hit[4], flat.itemsize, flat.shape[0] - spec._extent))
-            for position, value in enumerate(others, width):
-                hit = seen[position]
-                if (
-                    hit is None
-                    or value._meta is not hit[0]
-                    or value._storage.data is not hit[1]()
-                ):
-                    return None
+            if not self._same_others(others, width):
+                return None
             for position in self.updated:
                 held = flats[position] if position < width else None
                 if held is None:
