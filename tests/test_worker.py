@@ -28,12 +28,18 @@ entry:
 _PARALLEL = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
 
 
+def _loaded(ir: str, name: str):
+    """The address of native function ``name`` compiled from ``ir``, kept
+    loaded while the generator is open."""
+    module = target.optimize(ir, name)
+    engine, addresses = target.load_object(target.emit_object(module), [name])
+    yield addresses[name]
+    del engine
+
+
 @pytest.fixture(scope="module")
 def mark():
-    module = target.optimize(_MARK_IR, "ember_mark")
-    engine, addresses = target.load_object(target.emit_object(module), ["ember_mark"])
-    yield addresses["ember_mark"]
-    del engine
+    yield from _loaded(_MARK_IR, "ember_mark")
 
 
 def _record(fn: int, counts, parts: int):
@@ -173,10 +179,7 @@ declare i64 @llvm.readcyclecounter()
 
 @pytest.fixture(scope="module")
 def who():
-    module = target.optimize(_WHO_IR, "ember_who")
-    engine, addresses = target.load_object(target.emit_object(module), ["ember_who"])
-    yield addresses["ember_who"]
-    del engine
+    yield from _loaded(_WHO_IR, "ember_who")
 
 
 def _rest_cleared(helper):

@@ -407,9 +407,22 @@ class _Lean:
             if direct.writes or entry.numbers:
                 return _run_direct(entry, direct, values, self.state)
             arrays = entry.program.run_fresh_arrays(values, changed)
-        for tensor in self.bumped:
-            tensor._storage.version += 1
+        self._finish(arrays, 1)
         layouts: Any = direct.layouts
+        new = Tensor._new
+        single = self.single
+        if single is not None:
+            return new(_Storage(arrays[single]), layouts[single], None)
+        results = [new(_Storage(arrays[i]), layouts[i], None) for i in self.results]
+        return unflatten(entry.output_spec, results)
+
+    def _finish(self, arrays: Sequence[Any], calls: int) -> None:
+        """What ``calls`` calls that ran leave behind besides their results: the
+        versions of the tensors they update, each parameter's ``.grad`` (the
+        last call's, in ``arrays``)."""
+        for tensor in self.bumped:
+            tensor._storage.version += calls
+        layouts: Any = self.direct.layouts
         new = Tensor._new
         for param, index in self.grads:
             param.grad = (
@@ -417,11 +430,6 @@ class _Lean:
                 if index is None
                 else new(_Storage(arrays[index]), layouts[index], None)
             )
-        single = self.single
-        if single is not None:
-            return new(_Storage(arrays[single]), layouts[single], None)
-        results = [new(_Storage(arrays[i]), layouts[i], None) for i in self.results]
-        return unflatten(entry.output_spec, results)
 
     def run_many(self, batches: Sequence[tuple[Any, ...]], start: int) -> list[Any]:
         """Run the calls on ``batches[start:]`` that this steady state serves by
@@ -459,16 +467,9 @@ class _Lean:
             return []
         ran, arrays = served
         self.metas = [arg._meta for arg in batches[start + ran - 1]]
-        for tensor in self.bumped:
-            tensor._storage.version += ran
+        self._finish(arrays, ran)
         layouts_out: Any = self.direct.layouts
         new = Tensor._new
-        for param, index in self.grads:
-            param.grad = (
-                None
-                if index is None
-                else new(_Storage(arrays[index]), layouts_out[index], None)
-            )
         numbers = self.state.numbers
         for which, output in self.entry.numbers:
             owner, key, _ = numbers[which]
